@@ -1,0 +1,143 @@
+//! The one place that calls libc directly: fd flags, the child's pre-exec setup, signal
+//! re-raising and sealed memfds. Every `unsafe` block in the crate lives here.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+
+/// Marks every inherited fd above stderr close-on-exec.
+///
+/// systemd passes socket-activation fds without FD_CLOEXEC (sd_listen_fds(3)) and microvm.nix's
+/// runner opens macvtap fds before exec; anything we do not pass on purpose must not reach the
+/// hypervisor. Runs first thing in `main`, before any thread or fd of our own exists.
+pub fn cloexec_inherited_fds() -> io::Result<()> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let entry = entry?;
+        if let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse::<RawFd>().ok()) {
+            if fd > 2 {
+                fds.push(fd);
+            }
+        }
+    }
+    for fd in fds {
+        // The read_dir handle itself is gone by now; a number that is no longer open is EBADF.
+        // SAFETY: fd is only borrowed for the fcntl call; EBADF is handled below.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        match fcntl(borrowed, FcntlArg::F_GETFD) {
+            Ok(bits) => {
+                let flags = FdFlag::from_bits_truncate(bits) | FdFlag::FD_CLOEXEC;
+                fcntl(borrowed, FcntlArg::F_SETFD(flags))?;
+            }
+            Err(nix::errno::Errno::EBADF) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `fd` is open in this process.
+pub fn fd_is_open(fd: RawFd) -> bool {
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: borrowed for one F_GETFD call, which fails cleanly with EBADF if fd is not open.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    fcntl(borrowed, FcntlArg::F_GETFD).is_ok()
+}
+
+/// Borrows an fd number we have checked is open and own for the process lifetime (inherited fds).
+pub fn borrow_inherited(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: callers pass fds validated with `fd_is_open` that nothing in credbridge closes;
+    // they stay open until exit.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Takes ownership of an inherited fd (socket activation).
+pub fn own_inherited(fd: RawFd) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the fd was handed to us by LISTEN_FDS, checked open, and is claimed exactly once.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Sets O_NONBLOCK on an fd we own.
+pub fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    let bits = fcntl(fd, FcntlArg::F_GETFL)?;
+    let flags = OFlag::from_bits_truncate(bits) | OFlag::O_NONBLOCK;
+    fcntl(fd, FcntlArg::F_SETFL(flags))?;
+    Ok(())
+}
+
+/// Prepares the hypervisor child between fork and exec.
+///
+/// - the signal mask is emptied: std and tokio children inherit the parent's blocked mask, and a
+///   hypervisor with SIGTERM blocked ignores our stop escalation (systemd.md section 5);
+/// - SIGHUP/SIGINT/SIGTERM/SIGQUIT/SIGPIPE go back to their defaults, so an ignored disposition
+///   (nohup, a shell) is not inherited across exec;
+/// - PR_SET_PDEATHSIG(SIGKILL): if credbridge dies, even by SIGKILL, the hypervisor must not
+///   outlive it holding the secrets;
+/// - FD_CLOEXEC is cleared on exactly the fds the child is meant to have.
+///
+/// Only async-signal-safe calls, no allocation: `keep` is moved in and only read.
+pub fn prepare_child(cmd: &mut tokio::process::Command, keep: Vec<RawFd>, parent: libc::pid_t) {
+    // SAFETY: the closure runs in the forked child before exec; it only makes raw syscalls
+    // (sigprocmask, signal, prctl, getppid, fcntl) that are async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGPIPE] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect; then nobody would kill us.
+            if libc::getppid() != parent {
+                libc::_exit(125);
+            }
+            for &fd in &keep {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Ends credbridge the way the child ended: by the same signal, with its default action.
+///
+/// systemd's `Restart=on-abnormal` and `SuccessExitStatus=` then see the truth. Core dumps are
+/// disabled first: the crash was the hypervisor's, and a core of credbridge would mislead.
+pub fn die_by_signal(sig: i32) -> ! {
+    // SAFETY: plain libc calls on our own process with valid arguments; setrlimit takes a
+    // pointer to a stack value that outlives the call.
+    unsafe {
+        let zero = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &zero);
+        libc::signal(sig, libc::SIG_DFL);
+    }
+    if let Ok(signal) = Signal::try_from(sig) {
+        let mut set = SigSet::empty();
+        set.add(signal);
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+        let _ = nix::sys::signal::raise(signal);
+    }
+    // A signal whose default action is to ignore or stop: fall back to the shell convention.
+    std::process::exit(128 + sig);
+}
+
+/// The raw number of an fd, for argv such as `--api-socket fd=N`.
+pub fn raw(fd: &impl AsRawFd) -> RawFd {
+    fd.as_raw_fd()
+}
