@@ -1,0 +1,469 @@
+//! Reading the unit's decrypted credentials from `$CREDENTIALS_DIRECTORY` into zeroizing memory,
+//! under systemd's naming and size rules.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+/// systemd's per-credential and per-unit ceilings (`CREDENTIAL_SIZE_MAX`,
+/// `CREDENTIALS_TOTAL_SIZE_MAX`); a guest's PID 1 applies the same total to what it imports.
+pub const MAX_CREDENTIAL_SIZE: usize = 1024 * 1024;
+pub const MAX_TOTAL_SIZE: usize = 1024 * 1024;
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Secret bytes. Zeroed on drop; `Debug` never shows them.
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl Secret {
+    pub fn new(bytes: Zeroizing<Vec<u8>>) -> Self {
+        Secret(bytes)
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<secret: {} bytes>", self.0.len())
+    }
+}
+
+#[derive(Debug)]
+pub struct Credential {
+    /// The name in the host's credentials directory.
+    pub name: String,
+    /// The name the guest will see.
+    pub guest_name: String,
+    pub value: Secret,
+}
+
+/// One `--credential NAME[=GUEST_NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    pub name: String,
+    pub guest_name: String,
+}
+
+impl std::str::FromStr for Selection {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, guest) = s.split_once('=').unwrap_or((s, s));
+        validate_name(name).map_err(|e| format!("credential name {name:?}: {e}"))?;
+        validate_name(guest).map_err(|e| format!("guest name {guest:?}: {e}"))?;
+        Ok(Selection {
+            name: name.to_owned(),
+            guest_name: guest.to_owned(),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NameError {
+    #[error("is empty")]
+    Empty,
+    #[error("is {0} bytes long, the limit is {MAX_NAME_LEN}")]
+    TooLong(usize),
+    #[error("is `.` or `..`")]
+    Dots,
+    #[error("contains byte 0x{0:02x} at offset {1}; names are printable ASCII without `/` and `:`")]
+    BadByte(u8, usize),
+}
+
+/// systemd's `credential_name_valid()`: 1-255 bytes of printable ASCII, no `/` or `:`, not a
+/// dot entry. The guest applies the same rule on import and silently skips what fails it, so
+/// failing here is the only way the operator hears about it.
+pub fn validate_name(name: &str) -> Result<(), NameError> {
+    validate_name_bytes(name.as_bytes())
+}
+
+pub fn validate_name_bytes(name: &[u8]) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong(name.len()));
+    }
+    if name == b"." || name == b".." {
+        return Err(NameError::Dots);
+    }
+    if let Some((i, &b)) = name
+        .iter()
+        .enumerate()
+        .find(|&(_, &b)| !(0x20..=0x7e).contains(&b) || b == b'/' || b == b':')
+    {
+        return Err(NameError::BadByte(b, i));
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error(
+        "no credentials directory: $CREDENTIALS_DIRECTORY is not set and --credentials-dir was not given\n\
+         hint: run credbridge from a unit with LoadCredential=/LoadCredentialEncrypted=, or pass --credentials-dir DIR"
+    )]
+    NoDirectory,
+    #[error("cannot read credentials directory {}: {source}", path.display())]
+    ReadDirectory { path: PathBuf, source: io::Error },
+    #[error("credential {name:?}: {what} is not allowed; each credential must be a regular file\nhint: remove it from {}", dir.display())]
+    NotRegular {
+        name: String,
+        what: &'static str,
+        dir: PathBuf,
+    },
+    #[error("credential file {name:?} in {}: invalid name: {source}\nhint: rename it; systemd and the guest accept 1-255 printable ASCII bytes without `/` or `:`", dir.display())]
+    BadFileName {
+        name: String,
+        dir: PathBuf,
+        source: NameError,
+    },
+    #[error("credential {name:?}: cannot read it: {source}")]
+    Read { name: String, source: io::Error },
+    #[error("credential {name:?} is {size} bytes, the limit is {MAX_CREDENTIAL_SIZE} bytes (1 MiB) per credential\nhint: systemd and the guest refuse larger credentials; store a smaller secret, or leave it out with --credential")]
+    TooLarge { name: String, size: u64 },
+    #[error("credential {name:?} changed size while it was read ({expected} bytes, then {actual}+)")]
+    ChangedSize {
+        name: String,
+        expected: usize,
+        actual: usize,
+    },
+    #[error("credential {name:?} was selected with --credential but is not in {}\nhint: add LoadCredential(Encrypted)={name}:... to the unit, or fix the --credential name", dir.display())]
+    Missing { name: String, dir: PathBuf },
+    #[error("credential {name:?} is selected twice with --credential")]
+    SelectedTwice { name: String },
+    #[error("credentials total {total} bytes (names plus values), the limit is {MAX_TOTAL_SIZE} bytes (1 MiB); the largest is {largest:?}\nhint: pass fewer credentials with --credential NAME")]
+    TotalTooLarge { total: usize, largest: String },
+}
+
+/// Loads the credentials: all of `dir` in name order, or exactly `selection` in the given order.
+pub fn load(dir: &Path, selection: &[Selection]) -> Result<Vec<Credential>, CredentialError> {
+    let mut creds = Vec::new();
+    // A missing or unreadable directory is reported as such, not as a missing credential.
+    if let Err(source) = std::fs::read_dir(dir) {
+        return Err(CredentialError::ReadDirectory {
+            path: dir.to_owned(),
+            source,
+        });
+    }
+    if selection.is_empty() {
+        let mut names = Vec::new();
+        let entries = std::fs::read_dir(dir).map_err(|source| CredentialError::ReadDirectory {
+            path: dir.to_owned(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| CredentialError::ReadDirectory {
+                path: dir.to_owned(),
+                source,
+            })?;
+            let raw = entry.file_name();
+            let bytes = raw.as_encoded_bytes();
+            if let Err(source) = validate_name_bytes(bytes) {
+                return Err(CredentialError::BadFileName {
+                    name: raw.to_string_lossy().into_owned(),
+                    dir: dir.to_owned(),
+                    source,
+                });
+            }
+            // validate_name_bytes guarantees ASCII.
+            names.push(String::from_utf8_lossy(bytes).into_owned());
+        }
+        names.sort();
+        for name in names {
+            let value = read_one(dir, &name)?;
+            creds.push(Credential {
+                guest_name: name.clone(),
+                name,
+                value,
+            });
+        }
+    } else {
+        for (i, sel) in selection.iter().enumerate() {
+            if selection[..i].iter().any(|s| s.name == sel.name) {
+                return Err(CredentialError::SelectedTwice {
+                    name: sel.name.clone(),
+                });
+            }
+            let path = dir.join(&sel.name);
+            if std::fs::symlink_metadata(&path).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+                return Err(CredentialError::Missing {
+                    name: sel.name.clone(),
+                    dir: dir.to_owned(),
+                });
+            }
+            let value = read_one(dir, &sel.name)?;
+            creds.push(Credential {
+                name: sel.name.clone(),
+                guest_name: sel.guest_name.clone(),
+                value,
+            });
+        }
+    }
+    check_total(&creds)?;
+    Ok(creds)
+}
+
+fn check_total(creds: &[Credential]) -> Result<(), CredentialError> {
+    // systemd counts name plus value for each credential against the unit's and PID 1's total.
+    let total: usize = creds.iter().map(|c| c.guest_name.len() + c.value.len()).sum();
+    if total > MAX_TOTAL_SIZE {
+        let largest = creds
+            .iter()
+            .max_by_key(|c| c.value.len())
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        return Err(CredentialError::TotalTooLarge { total, largest });
+    }
+    Ok(())
+}
+
+fn kind_of(ft: &std::fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symlink"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device node"
+    } else {
+        "this file type"
+    }
+}
+
+fn read_one(dir: &Path, name: &str) -> Result<Secret, CredentialError> {
+    let path = dir.join(name);
+    let read_err = |source| CredentialError::Read {
+        name: name.to_owned(),
+        source,
+    };
+    let not_regular = |what| CredentialError::NotRegular {
+        name: name.to_owned(),
+        what,
+        dir: dir.to_owned(),
+    };
+    let meta = std::fs::symlink_metadata(&path).map_err(read_err)?;
+    if !meta.file_type().is_file() {
+        return Err(not_regular(kind_of(&meta.file_type())));
+    }
+    // O_NOFOLLOW and O_NONBLOCK close the race where the entry is swapped for a symlink or a FIFO
+    // after the lstat above; fstat then confirms what we actually opened.
+    let mut file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                not_regular("a symlink")
+            } else {
+                read_err(e)
+            }
+        })?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.file_type().is_file() {
+        return Err(not_regular(kind_of(&meta.file_type())));
+    }
+    if meta.len() > MAX_CREDENTIAL_SIZE as u64 {
+        return Err(CredentialError::TooLarge {
+            name: name.to_owned(),
+            size: meta.len(),
+        });
+    }
+    let expected = meta.len() as usize;
+    // The buffer is sized once, so it never reallocates and leaves an unzeroed copy behind;
+    // one spare byte detects a file that grew while we read it.
+    let mut buf = Zeroizing::new(vec![0u8; expected + 1]);
+    let mut filled = 0;
+    loop {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                filled += n;
+                if filled > expected {
+                    return Err(CredentialError::ChangedSize {
+                        name: name.to_owned(),
+                        expected,
+                        actual: filled,
+                    });
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_err(e)),
+        }
+    }
+    if filled != expected {
+        return Err(CredentialError::ChangedSize {
+            name: name.to_owned(),
+            expected,
+            actual: filled,
+        });
+    }
+    // Shrinking in place keeps the same allocation; the spare byte is zero anyway.
+    buf.truncate(filled);
+    Ok(Secret::new(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn dir_with(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (n, v) in files {
+            std::fs::write(d.path().join(n), v).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn names_follow_systemd_rules_at_every_boundary() {
+        assert_eq!(validate_name(""), Err(NameError::Empty));
+        assert!(validate_name("a").is_ok());
+        assert!(validate_name(&"a".repeat(254)).is_ok());
+        assert!(validate_name(&"a".repeat(255)).is_ok());
+        assert_eq!(validate_name(&"a".repeat(256)), Err(NameError::TooLong(256)));
+        assert_eq!(validate_name("."), Err(NameError::Dots));
+        assert_eq!(validate_name(".."), Err(NameError::Dots));
+        assert!(validate_name("...").is_ok());
+        assert!(validate_name(" ~").is_ok(), "0x20 and 0x7e are printable");
+        for bad in [b'/', b':', 0x1f, 0x7f, 0x00, 0x80, 0xff, b'\n'] {
+            let name = [b'x', bad];
+            assert_eq!(validate_name_bytes(&name), Err(NameError::BadByte(bad, 1)));
+        }
+    }
+
+    #[test]
+    fn loads_all_in_name_order_with_exact_bytes() {
+        let all: Vec<u8> = (0..=255).collect();
+        let d = dir_with(&[("b", b"two"), ("a", &all), ("empty", b"")]);
+        let creds = load(d.path(), &[]).unwrap();
+        let names: Vec<_> = creds.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "empty"]);
+        assert_eq!(creds[0].value.expose(), &all[..]);
+        assert_eq!(creds[2].value.len(), 0);
+    }
+
+    #[test]
+    fn selection_renames_and_orders() {
+        let d = dir_with(&[("a", b"1"), ("b", b"2")]);
+        let sel = vec!["b=guest-b".parse().unwrap(), "a".parse().unwrap()];
+        let creds = load(d.path(), &sel).unwrap();
+        assert_eq!(creds[0].name, "b");
+        assert_eq!(creds[0].guest_name, "guest-b");
+        assert_eq!(creds[1].guest_name, "a");
+        let missing = load(d.path(), &["c".parse().unwrap()]).unwrap_err();
+        assert!(matches!(missing, CredentialError::Missing { .. }));
+        assert!(missing.to_string().contains("\"c\""));
+        let twice = load(d.path(), &["a".parse().unwrap(), "a=x".parse().unwrap()]);
+        assert!(matches!(twice, Err(CredentialError::SelectedTwice { .. })));
+    }
+
+    #[test]
+    fn selection_parsing_validates_both_names() {
+        assert!("a:b".parse::<Selection>().is_err());
+        assert!("a=b/c".parse::<Selection>().is_err());
+        let s: Selection = "a=b=c".parse().unwrap_or_else(|_| Selection {
+            name: String::new(),
+            guest_name: String::new(),
+        });
+        // `=` is printable ASCII, so the guest name may hold one; only the first splits.
+        assert_eq!(s.guest_name, "b=c");
+    }
+
+    #[test]
+    fn rejects_non_regular_entries_by_name() {
+        let d = dir_with(&[("ok", b"1")]);
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        let e = load(d.path(), &[]).unwrap_err().to_string();
+        assert!(e.contains("\"sub\"") && e.contains("a directory"), "{e}");
+
+        let d = dir_with(&[("ok", b"1")]);
+        std::os::unix::fs::symlink(d.path().join("ok"), d.path().join("link")).unwrap();
+        let e = load(d.path(), &[]).unwrap_err().to_string();
+        assert!(e.contains("\"link\"") && e.contains("a symlink"), "{e}");
+
+        let d = dir_with(&[]);
+        nix::unistd::mkfifo(&d.path().join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = load(d.path(), &[]).unwrap_err().to_string();
+        assert!(e.contains("\"fifo\"") && e.contains("a FIFO"), "{e}");
+
+        let d = dir_with(&[]);
+        let _l = std::os::unix::net::UnixListener::bind(d.path().join("sock")).unwrap();
+        let e = load(d.path(), &[]).unwrap_err().to_string();
+        assert!(e.contains("\"sock\"") && e.contains("a socket"), "{e}");
+    }
+
+    #[test]
+    fn rejects_bad_file_names() {
+        let d = dir_with(&[("with:colon", b"1")]);
+        let e = load(d.path(), &[]).unwrap_err().to_string();
+        assert!(e.contains("with:colon") && e.contains("0x3a"), "{e}");
+    }
+
+    #[test]
+    fn unreadable_entry_is_named() {
+        if nix::unistd::geteuid().is_root() {
+            // root reads through mode 000; the integration tests cover this as a non-root user.
+            return;
+        }
+        let d = dir_with(&[("locked", b"1")]);
+        std::fs::set_permissions(d.path().join("locked"), PermissionsExt::from_mode(0o000)).unwrap();
+        let e = load(d.path(), &[]).unwrap_err().to_string();
+        assert!(e.contains("\"locked\""), "{e}");
+    }
+
+    #[test]
+    fn per_credential_limit_at_below_and_above() {
+        // A one-byte name: below the value limit the whole fits the total exactly.
+        let d = dir_with(&[("a", &vec![b'x'; MAX_CREDENTIAL_SIZE - 1])]);
+        assert_eq!(load(d.path(), &[]).unwrap()[0].value.len(), MAX_CREDENTIAL_SIZE - 1);
+        // At the value limit the value passes its own check, but name + value is over the total.
+        let d = dir_with(&[("a", &vec![b'x'; MAX_CREDENTIAL_SIZE])]);
+        let e = load(d.path(), &[]).unwrap_err();
+        assert!(
+            matches!(e, CredentialError::TotalTooLarge { total, .. } if total == MAX_CREDENTIAL_SIZE + 1)
+        );
+        let d = dir_with(&[("a", &vec![b'x'; MAX_CREDENTIAL_SIZE + 1])]);
+        let e = load(d.path(), &[]).unwrap_err();
+        assert!(
+            matches!(e, CredentialError::TooLarge { size, .. } if size == MAX_CREDENTIAL_SIZE as u64 + 1)
+        );
+        let text = e.to_string();
+        assert!(text.contains("\"a\"") && text.contains("1048576") && text.contains("1048577"), "{text}");
+    }
+
+    #[test]
+    fn total_limit_at_below_and_above() {
+        // Two credentials "a" and "b": total = 2 + len(a) + len(b).
+        let half = MAX_TOTAL_SIZE / 2 - 1;
+        let d = dir_with(&[("a", &vec![1u8; half]), ("b", &vec![2u8; half])]);
+        assert!(load(d.path(), &[]).is_ok(), "exactly at the total");
+        let d = dir_with(&[("a", &vec![1u8; half]), ("b", &vec![2u8; half + 1])]);
+        let e = load(d.path(), &[]).unwrap_err();
+        assert!(
+            matches!(e, CredentialError::TotalTooLarge { total, .. } if total == MAX_TOTAL_SIZE + 1)
+        );
+        let d = dir_with(&[("a", &vec![1u8; half]), ("b", &vec![2u8; half - 1])]);
+        assert!(load(d.path(), &[]).is_ok());
+    }
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let s = Secret::new(Zeroizing::new(b"hunter2".to_vec()));
+        assert_eq!(format!("{s:?}"), "<secret: 7 bytes>");
+    }
+}
