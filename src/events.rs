@@ -1,0 +1,137 @@
+//! cloud-hypervisor's event monitor stream: pretty-printed JSON objects separated by blank
+//! lines, arriving in arbitrary chunks.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Event {
+    pub source: String,
+    pub event: String,
+    #[serde(default)]
+    pub properties: Option<BTreeMap<String, String>>,
+}
+
+impl Event {
+    pub fn is(&self, source: &str, event: &str) -> bool {
+        self.source == source && self.event == event
+    }
+}
+
+/// Bytes we keep while waiting for an event's end. Real events are a few hundred bytes; past
+/// this the stream is not an event stream and we resynchronise.
+const MAX_PENDING: usize = 1 << 20;
+
+#[derive(Default)]
+pub struct EventParser {
+    buf: Vec<u8>,
+}
+
+impl EventParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds a chunk; returns every complete event in it, and a note for each piece of the
+    /// stream that was not an event (skipped up to the next blank line).
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<Result<Event, String>> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        let mut consumed = 0;
+        loop {
+            let rest = &self.buf[consumed..];
+            let skip_ws = rest
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .unwrap_or(rest.len());
+            if skip_ws == rest.len() {
+                consumed = self.buf.len();
+                break;
+            }
+            let mut stream =
+                serde_json::Deserializer::from_slice(&rest[skip_ws..]).into_iter::<Event>();
+            match stream.next() {
+                Some(Ok(ev)) => {
+                    consumed += skip_ws + stream.byte_offset();
+                    out.push(Ok(ev));
+                }
+                Some(Err(e)) if e.is_eof() => {
+                    consumed += skip_ws;
+                    break;
+                }
+                Some(Err(e)) => {
+                    // Resynchronise at the next blank line, the separator between events.
+                    let start = consumed + skip_ws;
+                    match find(&self.buf[start..], b"\n\n") {
+                        Some(i) => {
+                            consumed = start + i + 2;
+                            out.push(Err(format!("unparsable event skipped: {e}")));
+                        }
+                        None => {
+                            consumed = start;
+                            break;
+                        }
+                    }
+                }
+                None => {
+                    consumed = self.buf.len();
+                    break;
+                }
+            }
+        }
+        self.buf.drain(..consumed);
+        if self.buf.len() > MAX_PENDING {
+            self.buf.clear();
+            out.push(Err("event stream garbage over 1 MiB discarded".into()));
+        }
+        out
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOOTED: &str = "{\n  \"timestamp\": {\n    \"secs\": 0,\n    \"nanos\": 323310\n  },\n  \"source\": \"vm\",\n  \"event\": \"booted\",\n  \"properties\": null\n}\n\n";
+    const ACTIVATED: &str = "{\n  \"timestamp\": {\n    \"secs\": 1,\n    \"nanos\": 5\n  },\n  \"source\": \"virtio-device\",\n  \"event\": \"activated\",\n  \"properties\": {\n    \"id\": \"_disk0\"\n  }\n}\n\n";
+
+    #[test]
+    fn parses_events_split_at_every_byte() {
+        let stream = format!("{BOOTED}{ACTIVATED}");
+        for cut in 0..stream.len() {
+            let mut p = EventParser::new();
+            let mut got = p.push(&stream.as_bytes()[..cut]);
+            got.extend(p.push(&stream.as_bytes()[cut..]));
+            let got: Vec<_> = got.into_iter().map(Result::unwrap).collect();
+            assert_eq!(got.len(), 2, "cut at {cut}");
+            assert!(got[0].is("vm", "booted"));
+            assert_eq!(
+                got[1].properties.as_ref().unwrap()["id"],
+                "_disk0".to_string()
+            );
+        }
+    }
+
+    #[test]
+    fn skips_garbage_and_recovers() {
+        let mut p = EventParser::new();
+        let got = p.push(format!("not json\n\n{BOOTED}").as_bytes());
+        assert!(got[0].is_err());
+        assert!(got[1].as_ref().unwrap().is("vm", "booted"));
+    }
+
+    #[test]
+    fn byte_by_byte_feed() {
+        let mut p = EventParser::new();
+        let mut n = 0;
+        for b in BOOTED.as_bytes() {
+            n += p.push(std::slice::from_ref(b)).len();
+        }
+        assert_eq!(n, 1);
+    }
+}
