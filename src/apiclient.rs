@@ -1,0 +1,290 @@
+//! A client for cloud-hypervisor's REST API over its Unix socket (hyper, HTTP/1.1), with the two
+//! things hyper does not do: fds as SCM_RIGHTS on a request (`vm.add-net` for macvtap), and a
+//! request body that is zeroed once sent.
+
+use std::convert::Infallible;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::{Method, Request, header};
+use hyper_util::rt::TokioIo;
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use zeroize::Zeroizing;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot connect to the cloud-hypervisor API socket: {0}")]
+    Connect(io::Error),
+    #[error("{route}: HTTP exchange with cloud-hypervisor failed: {source}")]
+    Http {
+        route: String,
+        source: hyper::Error,
+    },
+    #[error("{route}: cloud-hypervisor did not answer within {secs} s")]
+    Timeout { route: String, secs: u64 },
+    #[error("{route}: cloud-hypervisor answered {status}: {}", errors.join("; "))]
+    Status {
+        route: String,
+        status: u16,
+        errors: Vec<String>,
+    },
+}
+
+pub struct Response {
+    pub status: u16,
+    /// Zeroized on drop: `vm.info` answers with the whole config, OEM strings included.
+    pub body: Zeroizing<Vec<u8>>,
+}
+
+#[derive(Clone)]
+pub struct ApiClient {
+    addr: SocketAddr,
+    timeout: Duration,
+}
+
+impl ApiClient {
+    pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
+        ApiClient { addr, timeout }
+    }
+
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        ApiClient {
+            addr: self.addr.clone(),
+            timeout,
+        }
+    }
+
+    /// One request on a fresh connection, like ch-remote. `fds` travel as SCM_RIGHTS with the
+    /// first bytes of the request, where cloud-hypervisor's HTTP server looks for them.
+    pub async fn request(
+        &self,
+        method: Method,
+        route: &str,
+        body: Option<Zeroizing<Vec<u8>>>,
+        fds: &[RawFd],
+    ) -> Result<Response, ApiError> {
+        let fut = self.exchange(method, route, body, fds);
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(ApiError::Timeout {
+                route: route.to_owned(),
+                secs: self.timeout.as_secs().max(1),
+            }),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        route: &str,
+        body: Option<Zeroizing<Vec<u8>>>,
+        fds: &[RawFd],
+    ) -> Result<Response, ApiError> {
+        let std_stream =
+            std::os::unix::net::UnixStream::connect_addr(&self.addr).map_err(ApiError::Connect)?;
+        std_stream.set_nonblocking(true).map_err(ApiError::Connect)?;
+        let stream = tokio::net::UnixStream::from_std(std_stream).map_err(ApiError::Connect)?;
+        let io = TokioIo::new(FdStream {
+            inner: stream,
+            pending_fds: fds.to_vec(),
+        });
+        let http = |source| ApiError::Http {
+            route: route.to_owned(),
+            source,
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(http)?;
+        let has_body = body.is_some();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://localhost/api/v1/{route}"))
+            .header(header::HOST, "localhost")
+            .header(header::ACCEPT, "application/json");
+        if has_body {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(SecretBody {
+                buf: body.map(|data| SecretBuf { data, pos: 0 }),
+            })
+            .expect("static request parts are valid");
+        let exchange = async {
+            let resp = sender.send_request(req).await?;
+            let status = resp.status().as_u16();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, Zeroizing::new(bytes.to_vec())))
+        };
+        // The connection task must run alongside the request; it ends once the response is read.
+        let (result, _conn) = tokio::join!(exchange, conn);
+        let (status, body) = result.map_err(http)?;
+        if status >= 400 {
+            return Err(ApiError::Status {
+                route: route.to_owned(),
+                status,
+                errors: error_strings(&body),
+            });
+        }
+        Ok(Response { status, body })
+    }
+
+    pub async fn put(&self, route: &str, body: Option<Zeroizing<Vec<u8>>>) -> Result<(), ApiError> {
+        self.request(Method::PUT, route, body, &[]).await.map(drop)
+    }
+
+    pub async fn ping(&self) -> Result<(), ApiError> {
+        self.request(Method::GET, "vmm.ping", None, &[]).await.map(drop)
+    }
+}
+
+/// cloud-hypervisor answers errors with a JSON array of strings; anything else is shown as text,
+/// cut short.
+fn error_strings(body: &[u8]) -> Vec<String> {
+    if let Ok(list) = serde_json::from_slice::<Vec<String>>(body) {
+        return list;
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return vec!["(no error text)".into()];
+    }
+    vec![text.chars().take(500).collect()]
+}
+
+/// A request body that is handed to hyper whole and zeroed when hyper drops it. hyper queues a
+/// `Buf` body for a vectored write instead of copying it when the transport supports vectored
+/// writes (tokio's UnixStream does), so the secret exists only in this buffer.
+struct SecretBody {
+    buf: Option<SecretBuf>,
+}
+
+struct SecretBuf {
+    data: Zeroizing<Vec<u8>>,
+    pos: usize,
+}
+
+impl bytes::Buf for SecretBuf {
+    fn remaining(&self) -> usize {
+        self.data.len() - self.pos
+    }
+    fn chunk(&self) -> &[u8] {
+        &self.data[self.pos..]
+    }
+    fn advance(&mut self, cnt: usize) {
+        self.pos = (self.pos + cnt).min(self.data.len());
+    }
+}
+
+impl Body for SecretBody {
+    type Data = SecretBuf;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<SecretBuf>, Infallible>>> {
+        Poll::Ready(self.buf.take().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.buf.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.buf.as_ref().map_or(0, |b| b.data.len() as u64))
+    }
+}
+
+/// A Unix stream whose first write carries `pending_fds` as SCM_RIGHTS.
+struct FdStream {
+    inner: tokio::net::UnixStream,
+    pending_fds: Vec<RawFd>,
+}
+
+impl FdStream {
+    fn poll_sendmsg(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.inner.poll_write_ready(cx))?;
+            let fd = self.inner.as_raw_fd();
+            let fds = &self.pending_fds;
+            let sent = self.inner.try_io(Interest::WRITABLE, || {
+                let cmsgs = [ControlMessage::ScmRights(fds)];
+                sendmsg::<()>(fd, bufs, &cmsgs, MsgFlags::MSG_NOSIGNAL, None).map_err(io::Error::from)
+            });
+            match sent {
+                Ok(n) => {
+                    self.pending_fds.clear();
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncRead for FdStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for FdStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.pending_fds.is_empty() {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        } else {
+            self.poll_sendmsg(cx, &[IoSlice::new(buf)])
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.pending_fds.is_empty() {
+            Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        } else {
+            self.poll_sendmsg(cx, bufs)
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_become_strings() {
+        assert_eq!(
+            error_strings(br#"["Error creating VM: x","cause"]"#),
+            vec!["Error creating VM: x", "cause"]
+        );
+        assert_eq!(error_strings(b"  plain  "), vec!["plain"]);
+        assert_eq!(error_strings(b""), vec!["(no error text)"]);
+    }
+}

@@ -1,0 +1,189 @@
+//! The command line.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::credentials::Selection;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "credbridge",
+    version,
+    about = "Hands systemd service credentials to a microVM guest as SMBIOS OEM strings, \
+             supervising the hypervisor for systemd",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the hypervisor with the credentials and supervise it (the unit's ExecStart).
+    Run(RunArgs),
+    /// Validate and show what `run` would do, with every value redacted; starts nothing.
+    Render(RunArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HypervisorKind {
+    #[value(name = "cloud-hypervisor")]
+    CloudHypervisor,
+    Qemu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Delivery {
+    /// The VM config and strings go through the private REST API: nothing secret in argv.
+    Api,
+    /// The strings go into `--platform oem_strings=[...]`: visible in the process list.
+    Argv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Ready {
+    /// READY=1 right after the hypervisor is spawned.
+    Spawn,
+    /// READY=1 once the hypervisor reports the VM booted (vCPUs started).
+    Booted,
+    /// READY=1 once the guest's own systemd sends READY=1 over vsock.
+    Guest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Directory holding the decrypted credentials [default: $CREDENTIALS_DIRECTORY].
+    #[arg(long, value_name = "DIR")]
+    pub credentials_dir: Option<PathBuf>,
+
+    /// Pass only this credential, optionally under another name in the guest (repeatable).
+    /// Without it, every credential in the directory is passed.
+    #[arg(long = "credential", value_name = "NAME[=GUEST_NAME]")]
+    pub credentials: Vec<Selection>,
+
+    /// An extra, non-secret OEM string (repeatable).
+    #[arg(long = "oem-string", value_name = "STR")]
+    pub oem_strings: Vec<String>,
+
+    /// Largest SMBIOS type 11 entry allowed, in bytes. Guests with systemd < 257 read only the
+    /// first 4096 bytes and silently cut the rest; raise it only for newer guests.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::oem::DEFAULT_BUDGET)]
+    pub smbios_budget: usize,
+
+    /// Which hypervisor HYPERVISOR is [default: from its file name].
+    #[arg(long, value_enum)]
+    pub hypervisor: Option<HypervisorKind>,
+
+    /// How the strings reach cloud-hypervisor.
+    #[arg(long, value_enum, default_value = "api")]
+    pub delivery: Delivery,
+
+    /// When to tell systemd the service is ready.
+    #[arg(long, value_enum, default_value = "booted")]
+    pub ready: Ready,
+
+    /// Stop the VM and fail if it is not ready in time (e.g. 90, 90s, 2min) [default: none,
+    /// systemd's TimeoutStartSec= applies].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub ready_timeout: Option<Duration>,
+
+    /// How long the guest gets to power off after the ACPI power button before SIGTERM.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub stop_timeout: Duration,
+
+    /// vsock port the guest's systemd sends its notifications to (with --ready guest).
+    #[arg(long, value_name = "PORT", default_value_t = 8888)]
+    pub notify_port: u32,
+
+    /// Add `--vsock cid=CID,socket=...` for guest notifications when the argv has no --vsock.
+    #[arg(long, value_name = "CID")]
+    pub vsock_cid: Option<u32>,
+
+    /// argv[0] for the hypervisor [default: HYPERVISOR as given]; microvm.nix uses microvm@NAME.
+    #[arg(long, value_name = "NAME")]
+    pub argv0: Option<OsString>,
+
+    #[arg(long, value_enum, default_value = "info")]
+    pub log_level: LogLevel,
+
+    /// The hypervisor and its arguments, after `--`.
+    #[arg(
+        required = true,
+        last = true,
+        num_args = 1..,
+        value_name = "HYPERVISOR [ARGS]",
+        value_parser = clap::value_parser!(OsString)
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// Seconds as systemd writes them: `30`, `30s`, `500ms`, `2min`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (examples: 30, 30s, 500ms, 2min)"))?;
+    let d = match unit.trim() {
+        "" | "s" | "sec" => Duration::from_secs(n),
+        "ms" | "msec" => Duration::from_millis(n),
+        "min" | "m" => Duration::from_secs(n.saturating_mul(60)),
+        other => return Err(format!("unknown unit {other:?} in {s:?} (use ms, s or min)")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2min"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn hypervisor_argv_comes_after_double_dash_untouched() {
+        let cli = Cli::try_parse_from([
+            "credbridge",
+            "run",
+            "--credential",
+            "a=b",
+            "--",
+            "/bin/cloud-hypervisor",
+            "--kernel",
+            "k",
+            "--credential",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(args.credentials[0].guest_name, "b");
+        assert_eq!(args.command.len(), 4);
+        assert_eq!(args.command[3], "--credential");
+    }
+}
