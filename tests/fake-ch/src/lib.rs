@@ -333,13 +333,15 @@ pub fn run() -> ! {
     }
     events::emit("vmm", "starting");
 
+    // Signals are handled from here on (a SIGTERM that came earlier was pending, blocked), so
+    // a SIGTERM during FAKE_CH_BIND_DELAY_MS ends the process at once.
+    start_signal_thread(handled, knobs.ignore_sigterm);
     if knobs.bind_delay_ms > 0 {
         thread::sleep(Duration::from_millis(knobs.bind_delay_ms));
     }
     if let Some(sock) = api_socket {
         start_api(sock);
     }
-    start_signal_thread(handled, knobs.ignore_sigterm);
 
     if matches.payload_present() {
         let cfg = match config::vm_config_from_args(&matches) {

@@ -573,3 +573,37 @@ fn fault_knobs() {
     let out = run_with_timeout(cmd, 10);
     assert_eq!(out.status.signal(), Some(9));
 }
+
+#[test]
+fn hang_knobs_never_answer() {
+    let dir = TempDir::new("hang");
+    let api = dir.join("api.sock");
+    let mut child = fake(&dir, &["--api-socket", api.to_str().unwrap()])
+        .env("FAKE_CH_API_HANG", "vm.boot")
+        .env("FAKE_CH_PING_STOP_AFTER_MS", "0")
+        .spawn()
+        .unwrap();
+    wait_for("api socket", 10, || api.exists());
+    for route in ["vm.boot", "vmm.ping"] {
+        let method = if route == "vm.boot" { "PUT" } else { "GET" };
+        let mut s = UnixStream::connect(&api).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        s.write_all(&request_bytes(method, route, None)).unwrap();
+        let mut buf = [0u8; 64];
+        let e = s.read(&mut buf).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+            "{route}: {e}"
+        );
+    }
+    let reqs = read_jsonl(&dir.join("rec/requests.jsonl"));
+    assert!(
+        reqs.iter()
+            .all(|r| r["hung"] == true && r["status"].is_null())
+    );
+    // Other routes still answer.
+    assert_eq!(http(&api, "GET", "vm.info", None).status, 404);
+    signal(&child, Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut child, 5).code(), Some(0));
+}
