@@ -1,0 +1,1655 @@
+//! Per-option translation of CH 54's vm-config options into the `VmConfig` that `vm.create`
+//! takes, with the JSON shape CH itself serializes (`None` fields omitted, defaults written out).
+//!
+//! Options are parsed in the order of CH's `VmConfig::parse` so that, of several bad options, the
+//! same one is blamed. Cross-option checks live in `validate.rs`.
+
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+
+use serde::Serialize;
+
+use super::ArgvError;
+use super::argv::Matches;
+use super::grammar::{GrammarError, Options, parse_integer_list};
+
+pub(crate) type Result<T> = std::result::Result<T, ArgvError>;
+
+pub(crate) fn invalid(option: &str, reason: impl Into<String>) -> ArgvError {
+    ArgvError::Invalid {
+        option: option.into(),
+        reason: reason.into(),
+    }
+}
+
+fn grammar(option: &str) -> impl Fn(GrammarError) -> ArgvError + '_ {
+    move |error| ArgvError::Value {
+        option: option.into(),
+        error,
+    }
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+const PCI3: &[&str] = &["id", "pci_segment", "pci_device_id"];
+const PCI4: &[&str] = &["id", "iommu", "pci_segment", "pci_device_id"];
+
+/// Parses `input` strictly against `keys` (plus the PCI keys in `pci`).
+fn options(
+    option: &str,
+    input: &str,
+    keys: &[&'static str],
+    pci: &[&'static str],
+) -> Result<Options> {
+    let mut all = keys.to_vec();
+    all.extend_from_slice(pci);
+    let mut parsed = Options::new(&all);
+    parsed.parse(input).map_err(grammar(option))?;
+    Ok(parsed)
+}
+
+fn required(option: &str, value: Option<String>, key: &str) -> Result<String> {
+    value.ok_or_else(|| invalid(option, format!("`{key}` is required")))
+}
+
+#[derive(Serialize, Default, Clone, Debug)]
+pub(crate) struct PciCommon {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub iommu: bool,
+    pub pci_segment: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pci_device_id: Option<u8>,
+}
+
+impl PciCommon {
+    /// CH reads the PCI keys in a second, lenient pass over the same string.
+    fn parse(option: &str, input: &str) -> Result<Self> {
+        let mut o = Options::new(PCI4);
+        let err = grammar(option);
+        o.parse_subset(input).map_err(&err)?;
+        Ok(Self {
+            id: o.get("id"),
+            iommu: o.toggle("iommu").map_err(&err)?.unwrap_or(false),
+            pci_segment: o
+                .scalar("pci_segment", "a PCI segment number")
+                .map_err(&err)?
+                .unwrap_or(0),
+            pci_device_id: o
+                .scalar("pci_device_id", "a PCI device number")
+                .map_err(&err)?,
+        })
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Topology {
+    pub threads_per_core: u16,
+    pub cores_per_die: u16,
+    pub dies_per_package: u16,
+    pub packages: u16,
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct CpuAffinity {
+    pub vcpu: u32,
+    pub host_cpus: Vec<usize>,
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct CpuFeatures {
+    pub amx: bool,
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Cpus {
+    pub boot_vcpus: u32,
+    pub max_vcpus: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<Topology>,
+    pub kvm_hyperv: bool,
+    pub max_phys_bits: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Vec<CpuAffinity>>,
+    pub features: CpuFeatures,
+    pub nested: bool,
+    pub core_scheduling: &'static str,
+    pub profile: &'static str,
+}
+
+fn parse_topology(s: &str) -> Option<Topology> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let [t, c, d, p] = parts.as_slice() else {
+        return None;
+    };
+    Some(Topology {
+        threads_per_core: t.parse().ok()?,
+        cores_per_die: c.parse().ok()?,
+        dies_per_package: d.parse().ok()?,
+        packages: p.parse().ok()?,
+    })
+}
+
+impl Cpus {
+    fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--cpus";
+        let keys = &[
+            "boot",
+            "max",
+            "topology",
+            "kvm_hyperv",
+            "max_phys_bits",
+            "affinity",
+            "features",
+            "nested",
+            "core_scheduling",
+            "profile",
+        ];
+        let o = options(OPT, input, keys, &[])?;
+        let err = grammar(OPT);
+        let boot_vcpus = o.scalar("boot", "a vCPU count").map_err(&err)?.unwrap_or(1);
+        let max_vcpus = o
+            .scalar("max", "a vCPU count")
+            .map_err(&err)?
+            .unwrap_or(boot_vcpus);
+        let topology = o
+            .scalar_with("topology", "threads:cores:dies:packages", parse_topology)
+            .map_err(&err)?;
+        let kvm_hyperv = o.toggle("kvm_hyperv").map_err(&err)?.unwrap_or(false);
+        let max_phys_bits = o
+            .scalar("max_phys_bits", "a bit count")
+            .map_err(&err)?
+            .unwrap_or(46);
+        let affinity = o
+            .tuple_list::<u32, Vec<usize>>("affinity", parse_integer_list::<usize>)
+            .map_err(&err)?
+            .map(|list| {
+                list.into_iter()
+                    .map(|(vcpu, host_cpus)| CpuAffinity { vcpu, host_cpus })
+                    .collect()
+            });
+        // CpuProfile is read through serde, so only the exact variant name works.
+        let profile = o
+            .scalar_with("profile", "Host", |s| (s == "Host").then_some("Host"))
+            .map_err(&err)?
+            .unwrap_or("Host");
+        let mut features = CpuFeatures { amx: false };
+        for feature in o.string_list("features").map_err(&err)?.unwrap_or_default() {
+            match feature.as_str() {
+                "amx" => features.amx = true,
+                _ => {
+                    return Err(invalid(
+                        OPT,
+                        format!("unknown feature `{feature}` in features"),
+                    ));
+                }
+            }
+        }
+        let nested = o.toggle("nested").map_err(&err)?.unwrap_or(true);
+        let core_scheduling = o
+            .scalar_with("core_scheduling", "vm|vcpu|off", |s| {
+                match s.to_lowercase().as_str() {
+                    "vm" => Some("Vm"),
+                    "vcpu" => Some("Vcpu"),
+                    "off" => Some("Off"),
+                    _ => None,
+                }
+            })
+            .map_err(&err)?
+            .unwrap_or("Vm");
+        Ok(Self {
+            boot_vcpus,
+            max_vcpus,
+            topology,
+            kvm_hyperv,
+            max_phys_bits,
+            affinity,
+            features,
+            nested,
+            core_scheduling,
+            profile,
+        })
+    }
+}
+
+const DEFAULT_MEMORY: u64 = 512 << 20;
+
+#[derive(Serialize, Debug)]
+pub(crate) struct MemoryZone {
+    pub id: String,
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    pub shared: bool,
+    pub hugepages: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hugepage_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_numa_node: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hotplug_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hotplugged_size: Option<u64>,
+    pub prefault: bool,
+    pub reserve: bool,
+    pub mergeable: bool,
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Memory {
+    pub size: u64,
+    pub mergeable: bool,
+    pub hotplug_method: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hotplug_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hotplugged_size: Option<u64>,
+    pub shared: bool,
+    pub hugepages: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hugepage_size: Option<u64>,
+    pub prefault: bool,
+    pub reserve: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zones: Option<Vec<MemoryZone>>,
+    pub thp: bool,
+}
+
+impl Memory {
+    fn parse(input: &str, zones: Option<Vec<&str>>) -> Result<Self> {
+        const OPT: &str = "--memory";
+        let keys = &[
+            "size",
+            "file",
+            "mergeable",
+            "hotplug_method",
+            "hotplug_size",
+            "hotplugged_size",
+            "shared",
+            "hugepages",
+            "hugepage_size",
+            "prefault",
+            "reserve",
+            "thp",
+        ];
+        // `file` is accepted and ignored by CH: no field takes it.
+        let o = options(OPT, input, keys, &[])?;
+        let err = grammar(OPT);
+        let size = o
+            .byte_sized("size")
+            .map_err(&err)?
+            .unwrap_or(DEFAULT_MEMORY);
+        let mergeable = o.toggle("mergeable").map_err(&err)?.unwrap_or(false);
+        let hotplug_method = o
+            .scalar_with("hotplug_method", "acpi|virtio-mem", |s| {
+                match s.to_lowercase().as_str() {
+                    "acpi" => Some("Acpi"),
+                    "virtio-mem" => Some("VirtioMem"),
+                    _ => None,
+                }
+            })
+            .map_err(&err)?
+            .unwrap_or("Acpi");
+        let hotplug_size = o.byte_sized("hotplug_size").map_err(&err)?;
+        let hotplugged_size = o.byte_sized("hotplugged_size").map_err(&err)?;
+        let shared = o.toggle("shared").map_err(&err)?.unwrap_or(false);
+        let hugepages = o.toggle("hugepages").map_err(&err)?.unwrap_or(false);
+        let hugepage_size = o.byte_sized("hugepage_size").map_err(&err)?;
+        let prefault = o.toggle("prefault").map_err(&err)?.unwrap_or(false);
+        let reserve = o.toggle("reserve").map_err(&err)?.unwrap_or(false);
+        let thp = o.toggle("thp").map_err(&err)?.unwrap_or(true);
+        let zones = zones
+            .map(|zones| {
+                zones
+                    .into_iter()
+                    .map(|zone| MemoryZone::parse(zone, mergeable))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .transpose()?;
+        Ok(Self {
+            size,
+            mergeable,
+            hotplug_method,
+            hotplug_size,
+            hotplugged_size,
+            shared,
+            hugepages,
+            hugepage_size,
+            prefault,
+            reserve,
+            zones,
+            thp,
+        })
+    }
+
+    /// RAM the guest can have at once; CH's sums wrap silently in release builds.
+    pub fn total_size(&self) -> u64 {
+        let zones = self.zones.iter().flatten();
+        let zone_sizes = zones.clone().fold(0u64, |acc, z| acc.wrapping_add(z.size));
+        let hotplugged = zones
+            .filter_map(|z| z.hotplugged_size)
+            .fold(self.hotplugged_size.unwrap_or(0), u64::wrapping_add);
+        self.size.wrapping_add(zone_sizes).wrapping_add(hotplugged)
+    }
+}
+
+impl MemoryZone {
+    fn parse(input: &str, default_mergeable: bool) -> Result<Self> {
+        const OPT: &str = "--memory-zone";
+        let keys = &[
+            "id",
+            "size",
+            "file",
+            "shared",
+            "hugepages",
+            "hugepage_size",
+            "host_numa_node",
+            "hotplug_size",
+            "hotplugged_size",
+            "prefault",
+            "reserve",
+            "mergeable",
+        ];
+        let o = options(OPT, input, keys, &[])?;
+        let err = grammar(OPT);
+        Ok(Self {
+            id: required(OPT, o.get("id"), "id")?,
+            size: o
+                .byte_sized("size")
+                .map_err(&err)?
+                .unwrap_or(DEFAULT_MEMORY),
+            file: o.get("file"),
+            shared: o.toggle("shared").map_err(&err)?.unwrap_or(false),
+            hugepages: o.toggle("hugepages").map_err(&err)?.unwrap_or(false),
+            hugepage_size: o.byte_sized("hugepage_size").map_err(&err)?,
+            host_numa_node: o
+                .scalar("host_numa_node", "a NUMA node number")
+                .map_err(&err)?,
+            hotplug_size: o.byte_sized("hotplug_size").map_err(&err)?,
+            hotplugged_size: o.byte_sized("hotplugged_size").map_err(&err)?,
+            prefault: o.toggle("prefault").map_err(&err)?.unwrap_or(false),
+            reserve: o.toggle("reserve").map_err(&err)?.unwrap_or(false),
+            mergeable: o
+                .toggle("mergeable")
+                .map_err(&err)?
+                .unwrap_or(default_mergeable),
+        })
+    }
+}
+
+#[derive(Serialize, Clone, Copy, Debug)]
+pub(crate) struct TokenBucket {
+    pub size: u64,
+    pub one_time_burst: u64,
+    pub refill_time: u64,
+}
+
+#[derive(Serialize, Clone, Copy, Debug)]
+pub(crate) struct RateLimiter {
+    pub bandwidth: Option<TokenBucket>,
+    pub ops: Option<TokenBucket>,
+}
+
+const BUCKET_KEYS: &[&str] = &[
+    "bw_size",
+    "bw_one_time_burst",
+    "bw_refill_time",
+    "ops_size",
+    "ops_one_time_burst",
+    "ops_refill_time",
+];
+
+impl RateLimiter {
+    /// The `bw_*`/`ops_*` keys: plain integers (no K/M/G). A bucket exists only with both a
+    /// size and a refill time.
+    fn parse(option: &str, o: &Options) -> Result<Self> {
+        let err = grammar(option);
+        let mut numbers = [0u64; 6];
+        for (slot, key) in numbers.iter_mut().zip(BUCKET_KEYS) {
+            *slot = o.scalar(key, "an integer").map_err(&err)?.unwrap_or(0);
+        }
+        let [
+            bw_size,
+            bw_burst,
+            bw_refill,
+            ops_size,
+            ops_burst,
+            ops_refill,
+        ] = numbers;
+        let bucket = |size, one_time_burst, refill_time| {
+            (size != 0 && refill_time != 0).then_some(TokenBucket {
+                size,
+                one_time_burst,
+                refill_time,
+            })
+        };
+        Ok(Self {
+            bandwidth: bucket(bw_size, bw_burst, bw_refill),
+            ops: bucket(ops_size, ops_burst, ops_refill),
+        })
+    }
+
+    fn any(self) -> Option<Self> {
+        (self.bandwidth.is_some() || self.ops.is_some()).then_some(self)
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct RateLimitGroup {
+    pub id: String,
+    pub rate_limiter_config: RateLimiter,
+}
+
+impl RateLimitGroup {
+    fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--rate-limit-group";
+        let mut keys = BUCKET_KEYS.to_vec();
+        keys.push("id");
+        let o = options(OPT, input, &keys, &[])?;
+        Ok(Self {
+            id: o.get("id").unwrap_or_default(),
+            rate_limiter_config: RateLimiter::parse(OPT, &o)?,
+        })
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct QueueAffinity {
+    pub queue_index: u16,
+    pub host_cpus: Vec<usize>,
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Disk {
+    #[serde(flatten)]
+    pub pci: PciCommon,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub readonly: bool,
+    pub direct: bool,
+    pub num_queues: usize,
+    pub queue_size: u16,
+    pub vhost_user: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vhost_socket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit_group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limiter_config: Option<RateLimiter>,
+    pub disable_io_uring: bool,
+    pub disable_aio: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_affinity: Option<Vec<QueueAffinity>>,
+    pub backing_files: bool,
+    pub sparse: bool,
+    pub image_type: &'static str,
+    pub lock_granularity: &'static str,
+}
+
+impl Disk {
+    fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--disk";
+        let mut keys = vec![
+            "path",
+            "readonly",
+            "direct",
+            "queue_size",
+            "num_queues",
+            "vhost_user",
+            "socket",
+            "_disable_io_uring",
+            "_disable_aio",
+            "serial",
+            "rate_limit_group",
+            "queue_affinity",
+            "backing_files",
+            "sparse",
+            "image_type",
+            "lock_granularity",
+        ];
+        keys.extend_from_slice(BUCKET_KEYS);
+        let o = options(OPT, input, &keys, PCI4)?;
+        let err = grammar(OPT);
+        let vhost_socket = o.get("socket");
+        // CH does not even look at image_type for a vhost-user disk.
+        let image_type = match vhost_socket {
+            Some(_) => None,
+            None => o
+                .scalar_with("image_type", "raw|qcow2|vhd|vhdx|vmdk", |s| {
+                    match s.to_lowercase().as_str() {
+                        "vmdk" => Some("FlatVmdk"),
+                        "vhd" => Some("FixedVhd"),
+                        "qcow2" => Some("Qcow2"),
+                        "raw" => Some("Raw"),
+                        "vhdx" => Some("Vhdx"),
+                        _ => None,
+                    }
+                })
+                .map_err(&err)?,
+        };
+        Ok(Self {
+            path: o.get("path"),
+            readonly: o.toggle("readonly").map_err(&err)?.unwrap_or(false),
+            direct: o.toggle("direct").map_err(&err)?.unwrap_or(false),
+            queue_size: o
+                .scalar("queue_size", "a queue size")
+                .map_err(&err)?
+                .unwrap_or(128),
+            num_queues: o
+                .scalar("num_queues", "a queue count")
+                .map_err(&err)?
+                .unwrap_or(1),
+            vhost_user: o.toggle("vhost_user").map_err(&err)?.unwrap_or(false),
+            disable_io_uring: o
+                .toggle("_disable_io_uring")
+                .map_err(&err)?
+                .unwrap_or(false),
+            disable_aio: o.toggle("_disable_aio").map_err(&err)?.unwrap_or(false),
+            rate_limit_group: o.get("rate_limit_group"),
+            rate_limiter_config: RateLimiter::parse(OPT, &o)?.any(),
+            serial: o.get("serial"),
+            queue_affinity: o
+                .tuple_list::<u16, Vec<usize>>("queue_affinity", parse_integer_list::<usize>)
+                .map_err(&err)?
+                .map(|list| {
+                    list.into_iter()
+                        .map(|(queue_index, host_cpus)| QueueAffinity {
+                            queue_index,
+                            host_cpus,
+                        })
+                        .collect()
+                }),
+            backing_files: o.toggle("backing_files").map_err(&err)?.unwrap_or(false),
+            image_type: image_type.unwrap_or("Unknown"),
+            lock_granularity: o
+                .scalar_with("lock_granularity", "byte-range|full", |s| match s {
+                    "byte-range" => Some("ByteRange"),
+                    "full" => Some("Full"),
+                    _ => None,
+                })
+                .map_err(&err)?
+                .unwrap_or("ByteRange"),
+            sparse: o.toggle("sparse").map_err(&err)?.unwrap_or(true),
+            vhost_socket,
+            pci: PciCommon::parse(OPT, input)?,
+        })
+    }
+}
+
+/// `xx:xx:xx:xx:xx:xx`, written back in lower case as CH does.
+fn parse_mac(s: &str) -> Option<String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(6);
+    for part in parts {
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        bytes.push(u8::from_str_radix(part, 16).ok()?);
+    }
+    Some(
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Net {
+    #[serde(flatten)]
+    pub pci: PciCommon,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_mac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    pub num_queues: usize,
+    pub queue_size: u16,
+    pub vhost_user: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vhost_socket: Option<String>,
+    pub vhost_mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fds: Option<Vec<RawFd>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limiter_config: Option<RateLimiter>,
+    pub offload_tso: bool,
+    pub offload_ufo: bool,
+    pub offload_csum: bool,
+}
+
+impl Net {
+    fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--net";
+        let mut keys = vec![
+            "tap",
+            "ip",
+            "mask",
+            "mac",
+            "host_mac",
+            "offload_tso",
+            "offload_ufo",
+            "offload_csum",
+            "mtu",
+            "queue_size",
+            "num_queues",
+            "vhost_user",
+            "socket",
+            "vhost_mode",
+            "fd",
+        ];
+        keys.extend_from_slice(BUCKET_KEYS);
+        let o = options(OPT, input, &keys, PCI4)?;
+        let err = grammar(OPT);
+        Ok(Self {
+            tap: o.get("tap"),
+            ip: o.scalar("ip", "an IP address").map_err(&err)?,
+            mask: o.scalar("mask", "an IP address").map_err(&err)?,
+            mac: o
+                .scalar_with("mac", "a MAC address", parse_mac)
+                .map_err(&err)?,
+            host_mac: o
+                .scalar_with("host_mac", "a MAC address", parse_mac)
+                .map_err(&err)?,
+            offload_tso: o.toggle("offload_tso").map_err(&err)?.unwrap_or(true),
+            offload_ufo: o.toggle("offload_ufo").map_err(&err)?.unwrap_or(true),
+            offload_csum: o.toggle("offload_csum").map_err(&err)?.unwrap_or(true),
+            mtu: o.scalar("mtu", "an MTU").map_err(&err)?,
+            queue_size: o
+                .scalar("queue_size", "a queue size")
+                .map_err(&err)?
+                .unwrap_or(256),
+            num_queues: o
+                .scalar("num_queues", "a queue count")
+                .map_err(&err)?
+                .unwrap_or(2),
+            vhost_user: o.toggle("vhost_user").map_err(&err)?.unwrap_or(false),
+            vhost_socket: o.get("socket"),
+            vhost_mode: o
+                .scalar_with("vhost_mode", "client|server", |s| {
+                    match s.to_lowercase().as_str() {
+                        "client" => Some("Client"),
+                        "server" => Some("Server"),
+                        _ => None,
+                    }
+                })
+                .map_err(&err)?
+                .unwrap_or("Client"),
+            // CH truncates with `as i32` (fd=[4294967299] is fd 3).
+            fds: o
+                .integer_list::<u64>("fd")
+                .map_err(&err)?
+                .map(|fds| fds.into_iter().map(|fd| fd as RawFd).collect()),
+            rate_limiter_config: RateLimiter::parse(OPT, &o)?.any(),
+            pci: PciCommon::parse(OPT, input)?,
+        })
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Rng {
+    #[serde(flatten)]
+    pub pci: PciCommon,
+    pub src: String,
+}
+
+impl Rng {
+    fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--rng";
+        let o = options(OPT, input, &["src"], PCI4)?;
+        Ok(Self {
+            src: o.get("src").unwrap_or_else(|| "/dev/urandom".into()),
+            pci: PciCommon::parse(OPT, input)?,
+        })
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Rtc {
+    #[serde(flatten)]
+    pub pci: PciCommon,
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Balloon {
+    #[serde(flatten)]
+    pub pci: PciCommon,
+    pub size: u64,
+    pub deflate_on_oom: bool,
+    pub free_page_reporting: bool,
+}
+
+impl Balloon {
+    fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--balloon";
+        let o = options(
+            OPT,
+            input,
+            &["size", "deflate_on_oom", "free_page_reporting"],
+            PCI4,
+        )?;
+        let err = grammar(OPT);
+        Ok(Self {
+            size: o.byte_sized("size").map_err(&err)?.unwrap_or(0),
+            deflate_on_oom: o.toggle("deflate_on_oom").map_err(&err)?.unwrap_or(false),
+            free_page_reporting: o
+                .toggle("free_page_reporting")
+                .map_err(&err)?
+                .unwrap_or(false),
+            pci: PciCommon::parse(OPT, input)?,
+        })
+    }
+}
+
+/// virtio-fs tags longer than this do not fit the device's config space.
+const FS_TAG_MAX: usize = 36;
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Fs {
+    #[serde(flatten)]
+    pub pci: PciCommon,
+    pub tag: String,
+    pub socket: String,
+    pub num_queues: usize,
+    pub queue_size: u16,
+}
+
+impl Fs {
+    fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--fs";
+        let o = options(
+            OPT,
+            input,
+            &["tag", "queue_size", "num_queues", "socket"],
+            PCI3,
+        )?;
+        let err = grammar(OPT);
+        let tag = required(OPT, o.get("tag"), "tag")?;
+        if tag.len() > FS_TAG_MAX {
+            return Err(invalid(
+                OPT,
+                format!("`tag` is longer than {FS_TAG_MAX} bytes"),
+            ));
+        }
+        Ok(Self {
+            tag,
+            socket: required(OPT, o.get("socket"), "socket")?,
+            queue_size: o
+                .scalar("queue_size", "a queue size")
+                .map_err(&err)?
+                .unwrap_or(1024),
+            num_queues: o
+                .scalar("num_queues", "a queue count")
+                .map_err(&err)?
+                .unwrap_or(1),
+            pci: PciCommon::parse(OPT, input)?,
+        })
+    }
+}
+
+/// virtio device type names as CH 54 accepts them for `device_type=`.
+const VIRTIO_TYPES: &[(&str, u32)] = &[
+    ("net", 1),
+    ("block", 2),
+    ("console", 3),
+    ("rng", 4),
+    ("balloon", 5),
+    ("iomem", 6),
+    ("rpmsg", 7),
+    ("scsi", 8),
+    ("9p", 9),
+    ("mac80211_wlan", 10),
+    ("rproc_serial", 11),
+    ("caif", 12),
+    ("memory_balloon", 13),
+    ("gpu", 16),
+    ("clock", 17),
+    ("input", 18),
+    ("vsock", 19),
+    ("crypto", 20),
+    ("signal_dist", 21),
+    ("pstore", 22),
+    ("iommu", 23),
+    ("mem", 24),
+    ("sound", 25),
+    ("fs", 26),
+    ("pmem", 27),
+    ("rpmb", 28),
+    ("mac80211_hwsim", 29),
+    ("video_encoder", 30),
+    ("video_decoder", 31),
+    ("scmi", 32),
+    ("nitro_sec_mod", 33),
+    ("i2c", 34),
+    ("watchdog", 35),
+    ("can", 36),
+    ("dmabuf", 37),
+    ("param_serv", 38),
+    ("audio_policy", 39),
+    ("bt", 40),
+    ("gpio", 41),
+    ("rdma", 42),
+    ("camera", 43),
+    ("ism", 44),
+    ("spi", 45),
+    ("tee", 46),
+    ("cpu_balloon", 47),
+    ("media", 48),
+    ("usb", 49),
+];
+const VIRTIO_ID_IOMMU: u32 = 23;
+const VIRTIO_ID_WATCHDOG: u32 = 35;
+
+#[derive(Serialize, Debug)]
+pub(crate) struct GenericVhostUser {
+    #[serde(flatten)]
+    pub pci: PciCommon,
+    pub socket: String,
+    pub queue_sizes: Vec<u16>,
+    pub device_type: u32,
+}
+
+impl GenericVhostUser {
+    fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--generic-vhost-user";
+        let o = options(
+            OPT,
+            input,
+            &["device_type", "virtio_id", "queue_sizes", "socket"],
+            PCI3,
+        )?;
+        let err = grammar(OPT);
+        let socket = required(OPT, o.get("socket"), "socket")?;
+        let queue_sizes = o
+            .integer_list::<u16>("queue_sizes")
+            .map_err(&err)?
+            .ok_or_else(|| invalid(OPT, "`queue_sizes` is required"))?;
+        // `virtio_id` is the deprecated spelling; `device_type` wins.
+        let name = o
+            .get("device_type")
+            .or_else(|| o.get("virtio_id"))
+            .ok_or_else(|| invalid(OPT, "`device_type` is required"))?;
+        let device_type = match VIRTIO_TYPES.iter().find(|(n, _)| *n == name) {
+            Some(&(_, id)) => id,
+            // Decimal ids are allowed, but not with a leading zero.
+            None if name.starts_with(|c: char| ('1'..='9').contains(&c)) => name
+                .parse()
+                .map_err(|_| invalid(OPT, "`device_type` is not a known virtio device"))?,
+            None => return Err(invalid(OPT, "`device_type` is not a known virtio device")),
+        };
+        if device_type == VIRTIO_ID_WATCHDOG || device_type == VIRTIO_ID_IOMMU {
+            return Err(invalid(
+                OPT,
+                "this `device_type` cannot be implemented via vhost-user",
+            ));
+        }
+        Ok(Self {
+            socket,
+            queue_sizes,
+            device_type,
+            pci: PciCommon::parse(OPT, input)?,
+        })
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Pmem {
+    #[serde(flatten)]
+    pub pci: PciCommon,
+    pub file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    pub discard_writes: bool,
+}
+
+impl Pmem {
+    fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--pmem";
+        let o = options(OPT, input, &["size", "file", "discard_writes"], PCI4)?;
+        let err = grammar(OPT);
+        let pci = PciCommon::parse(OPT, input)?;
+        Ok(Self {
+            pci,
+            file: required(OPT, o.get("file"), "file")?,
+            size: o.byte_sized("size").map_err(&err)?,
+            discard_writes: o.toggle("discard_writes").map_err(&err)?.unwrap_or(false),
+        })
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct ConsoleCommon {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    pub mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+}
+
+const CONSOLE_MODES: &[&str] = &["off", "pty", "tty", "null"];
+
+impl ConsoleCommon {
+    /// The first of `off, pty, tty, null, file=, socket=` that is present decides; the others
+    /// are ignored (`null,tty` is a tty).
+    fn from_options(option: &str, o: &Options, socket_allowed: bool) -> Result<Self> {
+        let mode = ["off", "pty", "tty", "null"]
+            .into_iter()
+            .zip(["Off", "Pty", "Tty", "Null"])
+            .find(|(key, _)| o.is_set(key))
+            .map(|(_, mode)| mode);
+        let (mode, file, socket) = match mode {
+            Some(mode) => (mode, None, None),
+            None if o.is_set("file") => {
+                let file = o
+                    .get("file")
+                    .ok_or_else(|| invalid(option, "`file=` needs a path"))?;
+                ("File", Some(file), None)
+            }
+            None if socket_allowed && o.is_set("socket") => {
+                let socket = o
+                    .get("socket")
+                    .ok_or_else(|| invalid(option, "`socket=` needs a path"))?;
+                ("Socket", None, Some(socket))
+            }
+            None => {
+                return Err(invalid(
+                    option,
+                    "no output mode given (off, pty, tty, null, file= or socket=)",
+                ));
+            }
+        };
+        Ok(Self { file, mode, socket })
+    }
+
+    fn parse(option: &str, input: &str) -> Result<Self> {
+        let mut o = Options::new(&["file", "socket"]).with_valueless(CONSOLE_MODES);
+        o.parse_subset(input).map_err(grammar(option))?;
+        Self::from_options(option, &o, true)
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Console {
+    #[serde(flatten)]
+    pub common: ConsoleCommon,
+    #[serde(flatten)]
+    pub pci: PciCommon,
+}
+
+impl Console {
+    fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--console";
+        let mut all = vec!["file", "socket"];
+        all.extend_from_slice(PCI4);
+        let mut o = Options::new(&all).with_valueless(CONSOLE_MODES);
+        o.parse(input).map_err(grammar(OPT))?;
+        Ok(Self {
+            common: ConsoleCommon::parse(OPT, input)?,
+            pci: PciCommon::parse(OPT, input)?,
+        })
+    }
+}
+
+fn parse_serial(input: &str) -> Result<ConsoleCommon> {
+    const OPT: &str = "--serial";
+    let mut o = Options::new(&["file", "socket"]).with_valueless(CONSOLE_MODES);
+    o.parse(input).map_err(grammar(OPT))?;
+    ConsoleCommon::parse(OPT, input)
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct DebugConsole {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    pub mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iobase: Option<u16>,
+}
+
+impl DebugConsole {
+    fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--debug-console";
+        let mut o = Options::new(&["file", "iobase"]).with_valueless(CONSOLE_MODES);
+        o.parse(input).map_err(grammar(OPT))?;
+        let common = ConsoleCommon::from_options(OPT, &o, false)?;
+        // Hex with a mandatory `0x`; without `iobase` CH leaves the port unset (the default
+        // `off,iobase=0xe9` only applies when the whole option is absent).
+        let iobase = match o.get("iobase") {
+            None => None,
+            Some(text) => {
+                let port = text
+                    .strip_prefix("0x")
+                    .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+                    .ok_or_else(|| invalid(OPT, "`iobase` must be a 16-bit hex port with 0x"))?;
+                Some(port)
+            }
+        };
+        Ok(Self {
+            file: common.file,
+            mode: common.mode,
+            iobase,
+        })
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Device {
+    #[serde(flatten)]
+    pub pci: PciCommon,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd: Option<RawFd>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x_nv_gpudirect_clique: Option<u8>,
+    pub x_exclude_mmap_bars: Vec<u64>,
+}
+
+impl Device {
+    fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--device";
+        let o = options(
+            OPT,
+            input,
+            &["path", "fd", "x_nv_gpudirect_clique", "x_exclude_mmap_bars"],
+            PCI4,
+        )?;
+        let err = grammar(OPT);
+        let pci = PciCommon::parse(OPT, input)?;
+        Ok(Self {
+            pci,
+            path: o.get("path"),
+            fd: o.scalar("fd", "a file descriptor number").map_err(&err)?,
+            x_nv_gpudirect_clique: o
+                .scalar("x_nv_gpudirect_clique", "a clique number")
+                .map_err(&err)?,
+            x_exclude_mmap_bars: o
+                .integer_list::<u64>("x_exclude_mmap_bars")
+                .map_err(&err)?
+                .unwrap_or_default(),
+        })
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct UserDevice {
+    #[serde(flatten)]
+    pub pci: PciCommon,
+    pub socket: String,
+}
+
+impl UserDevice {
+    fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--user-device";
+        let o = options(OPT, input, &["socket"], PCI3)?;
+        let pci = PciCommon::parse(OPT, input)?;
+        Ok(Self {
+            pci,
+            socket: required(OPT, o.get("socket"), "socket")?,
+        })
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Vdpa {
+    #[serde(flatten)]
+    pub pci: PciCommon,
+    pub path: String,
+    pub num_queues: usize,
+}
+
+impl Vdpa {
+    fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--vdpa";
+        let o = options(OPT, input, &["path", "num_queues"], PCI4)?;
+        let pci = PciCommon::parse(OPT, input)?;
+        Ok(Self {
+            pci,
+            path: required(OPT, o.get("path"), "path")?,
+            num_queues: o
+                .scalar("num_queues", "a queue count")
+                .map_err(grammar(OPT))?
+                .unwrap_or(1),
+        })
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Vsock {
+    #[serde(flatten)]
+    pub pci: PciCommon,
+    pub cid: u32,
+    pub socket: String,
+}
+
+impl Vsock {
+    fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--vsock";
+        let o = options(OPT, input, &["socket", "cid"], PCI4)?;
+        let pci = PciCommon::parse(OPT, input)?;
+        let socket = required(OPT, o.get("socket"), "socket")?;
+        let cid = o
+            .scalar("cid", "a context id")
+            .map_err(grammar(OPT))?
+            .ok_or_else(|| invalid(OPT, "`cid` is required"))?;
+        Ok(Self { pci, cid, socket })
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct PciSegment {
+    pub pci_segment: u16,
+    pub mmio32_aperture_weight: u32,
+    pub mmio64_aperture_weight: u32,
+}
+
+impl PciSegment {
+    fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--pci-segment";
+        let o = options(
+            OPT,
+            input,
+            &[
+                "mmio32_aperture_weight",
+                "mmio64_aperture_weight",
+                "pci_segment",
+            ],
+            &[],
+        )?;
+        let err = grammar(OPT);
+        Ok(Self {
+            pci_segment: o
+                .scalar("pci_segment", "a PCI segment number")
+                .map_err(&err)?
+                .unwrap_or(0),
+            mmio32_aperture_weight: o
+                .scalar("mmio32_aperture_weight", "a weight")
+                .map_err(&err)?
+                .unwrap_or(1),
+            mmio64_aperture_weight: o
+                .scalar("mmio64_aperture_weight", "a weight")
+                .map_err(&err)?
+                .unwrap_or(1),
+        })
+    }
+}
+
+/// The SMBIOS strings of `--platform`, in the order CH applies them.
+const SMBIOS_KEYS: &[&str] = &[
+    "system_manufacturer",
+    "system_product_name",
+    "system_version",
+    "system_serial_number",
+    "system_uuid",
+    "system_sku_number",
+    "system_family",
+    "chassis_asset_tag",
+];
+
+pub(crate) const PLATFORM_KEYS: &[&str] = &[
+    "num_pci_segments",
+    "iommu_segments",
+    "iommu_address_width",
+    "serial_number",
+    "uuid",
+    "oem_strings",
+    "iommufd",
+    "iommufd_fd",
+    "vfio_p2p_dma",
+    "system_manufacturer",
+    "system_product_name",
+    "system_version",
+    "system_serial_number",
+    "system_uuid",
+    "system_sku_number",
+    "system_family",
+    "chassis_asset_tag",
+];
+
+#[derive(Serialize, Debug, Default)]
+pub(crate) struct Platform {
+    pub num_pci_segments: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iommu_segments: Option<Vec<u16>>,
+    pub iommu_address_width_bits: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_serial_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_uuid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oem_strings: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_manufacturer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_product_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_family: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_sku_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chassis_asset_tag: Option<String>,
+    pub iommufd: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iommufd_fd: Option<RawFd>,
+    pub vfio_p2p_dma: bool,
+}
+
+impl Platform {
+    pub(crate) fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--platform";
+        let o = options(OPT, input, PLATFORM_KEYS, &[])?;
+        let err = grammar(OPT);
+        let num_pci_segments = o
+            .scalar("num_pci_segments", "a segment count")
+            .map_err(&err)?
+            .unwrap_or(1);
+        // CH truncates with `as u16` (iommu_segments=[65537] is segment 1).
+        let iommu_segments = o
+            .integer_list::<u64>("iommu_segments")
+            .map_err(&err)?
+            .map(|list| list.into_iter().map(|s| s as u16).collect());
+        let iommu_address_width_bits = o
+            .scalar("iommu_address_width", "a bit count")
+            .map_err(&err)?
+            .unwrap_or(64);
+        let oem_strings = o.string_list("oem_strings").map_err(&err)?;
+        let iommufd_fd = o
+            .scalar("iommufd_fd", "a file descriptor number")
+            .map_err(&err)?;
+        // `iommufd_fd=<n>` implies `iommufd=on` unless iommufd is given.
+        let iommufd = o
+            .toggle("iommufd")
+            .map_err(&err)?
+            .unwrap_or(iommufd_fd.is_some());
+        let vfio_p2p_dma = o.toggle("vfio_p2p_dma").map_err(&err)?.unwrap_or(true);
+        let mut platform = Self {
+            num_pci_segments,
+            iommu_segments,
+            iommu_address_width_bits,
+            oem_strings,
+            iommufd,
+            iommufd_fd,
+            vfio_p2p_dma,
+            ..Self::default()
+        };
+        for key in SMBIOS_KEYS {
+            let Some(value) = o.get(key) else { continue };
+            let slot = match *key {
+                "system_manufacturer" => &mut platform.system_manufacturer,
+                "system_product_name" => &mut platform.system_product_name,
+                "system_version" => &mut platform.system_version,
+                "system_serial_number" => &mut platform.system_serial_number,
+                "system_uuid" => &mut platform.system_uuid,
+                "system_sku_number" => &mut platform.system_sku_number,
+                "system_family" => &mut platform.system_family,
+                _ => &mut platform.chassis_asset_tag,
+            };
+            *slot = Some(value);
+        }
+        // Deprecated spellings; the `system_*` key wins.
+        if platform.system_serial_number.is_none() {
+            platform.system_serial_number = o.get("serial_number");
+        }
+        if platform.system_uuid.is_none() {
+            platform.system_uuid = o.get("uuid");
+        }
+        Ok(platform)
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct NumaDistance {
+    pub destination: u32,
+    pub distance: u8,
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Numa {
+    pub guest_numa_id: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distances: Option<Vec<NumaDistance>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_zones: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pci_segments: Option<Vec<u16>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+}
+
+impl Numa {
+    fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--numa";
+        let keys = &[
+            "guest_numa_id",
+            "cpus",
+            "distances",
+            "device_id",
+            "memory_zones",
+            "pci_segments",
+        ];
+        let o = options(OPT, input, keys, &[])?;
+        let err = grammar(OPT);
+        let guest_numa_id = o
+            .scalar("guest_numa_id", "a NUMA node number")
+            .map_err(&err)?
+            .ok_or_else(|| invalid(OPT, "`guest_numa_id` is required"))?;
+        // The `as` casts are CH's: out-of-range numbers wrap (distance 300 is 44).
+        let cpus = o
+            .integer_list::<u64>("cpus")
+            .map_err(&err)?
+            .map(|list| list.into_iter().map(|c| c as u32).collect());
+        let distances = o
+            .tuple_list::<u64, u64>("distances", |s| s.parse().ok())
+            .map_err(&err)?
+            .map(|list| {
+                list.into_iter()
+                    .map(|(destination, distance)| NumaDistance {
+                        destination: destination as u32,
+                        distance: distance as u8,
+                    })
+                    .collect()
+            });
+        let device_id = o.get("device_id");
+        let memory_zones = o.string_list("memory_zones").map_err(&err)?;
+        let pci_segments = o
+            .integer_list::<u64>("pci_segments")
+            .map_err(&err)?
+            .map(|list| list.into_iter().map(|s| s as u16).collect());
+        if device_id.is_some() && (cpus.is_some() || memory_zones.is_some()) {
+            return Err(invalid(
+                OPT,
+                "`device_id` cannot be used with `cpus` or `memory_zones`",
+            ));
+        }
+        Ok(Self {
+            guest_numa_id,
+            cpus,
+            distances,
+            memory_zones,
+            pci_segments,
+            device_id,
+        })
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Tpm {
+    pub socket: String,
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct LandlockRule {
+    pub path: String,
+    pub access: String,
+}
+
+impl LandlockRule {
+    fn parse(input: &str) -> Result<Self> {
+        const OPT: &str = "--landlock-rules";
+        let o = options(OPT, input, &["path", "access"], &[])?;
+        let path = required(OPT, o.get("path"), "path")?;
+        let access = required(OPT, o.get("access"), "access")?;
+        if access.chars().count() > 2 {
+            return Err(invalid(OPT, "`access` is at most two of r and w"));
+        }
+        Ok(Self { path, access })
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Payload {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<String>,
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct VmConfig {
+    pub cpus: Cpus,
+    pub memory: Memory,
+    pub payload: Payload,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit_groups: Option<Vec<RateLimitGroup>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disks: Option<Vec<Disk>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub net: Option<Vec<Net>>,
+    pub rng: Rng,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<Balloon>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generic_vhost_user: Option<Vec<GenericVhostUser>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fs: Option<Vec<Fs>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pmem: Option<Vec<Pmem>>,
+    pub serial: ConsoleCommon,
+    pub console: Console,
+    pub debug_console: DebugConsole,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<Device>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_devices: Option<Vec<UserDevice>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vdpa: Option<Vec<Vdpa>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<Vsock>,
+    pub pvpanic: bool,
+    pub iommu: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub numa: Option<Vec<Numa>>,
+    pub watchdog: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtc: Option<Rtc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pci_segments: Option<Vec<PciSegment>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<Tpm>,
+    pub landlock_enable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub landlock_rules: Option<Vec<LandlockRule>>,
+}
+
+fn each<T>(values: Option<Vec<&str>>, parse: impl Fn(&str) -> Result<T>) -> Result<Option<Vec<T>>> {
+    values
+        .map(|values| values.into_iter().map(parse).collect())
+        .transpose()
+}
+
+impl VmConfig {
+    /// Builds the config from clap-level matches that include a payload, in CH's order, then
+    /// runs CH's own validation (which also derives `iommu` and drops what firmware ignores).
+    pub(crate) fn from_matches(m: &Matches) -> Result<Self> {
+        let rate_limit_groups = each(m.many("rate-limit-group"), RateLimitGroup::parse)?;
+        let disks = each(m.many("disk"), Disk::parse)?;
+        let net = each(m.many("net"), Net::parse)?;
+        let rng = Rng::parse(m.one("rng").unwrap_or("src=/dev/urandom"))?;
+        let rtc = m
+            .one("rtc")
+            .map(|input| -> Result<Rtc> {
+                options("--rtc", input, &[], PCI4)?;
+                Ok(Rtc {
+                    pci: PciCommon::parse("--rtc", input)?,
+                })
+            })
+            .transpose()?;
+        let balloon = m.one("balloon").map(Balloon::parse).transpose()?;
+        let fs = each(m.many("fs"), Fs::parse)?;
+        let generic_vhost_user = each(m.many("generic-vhost-user"), GenericVhostUser::parse)?;
+        let pmem = each(m.many("pmem"), Pmem::parse)?;
+        let console = Console::parse(m.one("console").unwrap_or("tty"))?;
+        let serial = parse_serial(m.one("serial").unwrap_or("null"))?;
+        let debug_console =
+            DebugConsole::parse(m.one("debug-console").unwrap_or("off,iobase=0xe9"))?;
+        let devices = each(m.many("device"), Device::parse)?;
+        let user_devices = each(m.many("user-device"), UserDevice::parse)?;
+        let vdpa = each(m.many("vdpa"), Vdpa::parse)?;
+        let vsock = m.one("vsock").map(Vsock::parse).transpose()?;
+        let pci_segments = each(m.many("pci-segment"), PciSegment::parse)?;
+        let platform = m.one("platform").map(Platform::parse).transpose()?;
+        let numa = each(m.many("numa"), Numa::parse)?;
+        let payload = Payload {
+            firmware: m.one("firmware").map(str::to_owned),
+            kernel: m.one("kernel").map(str::to_owned),
+            cmdline: m.one("cmdline").map(str::to_owned),
+            initramfs: m.one("initramfs").map(str::to_owned),
+        };
+        let tpm = m
+            .one("tpm")
+            .map(|input| -> Result<Tpm> {
+                let o = options("--tpm", input, &["socket"], &[])?;
+                Ok(Tpm {
+                    socket: required("--tpm", o.get("socket"), "socket")?,
+                })
+            })
+            .transpose()?;
+        let landlock_rules = each(m.many("landlock-rules"), LandlockRule::parse)?;
+        let cpus = Cpus::parse(m.one("cpus").unwrap_or("boot=1,max_phys_bits=46"))?;
+        let memory = Memory::parse(
+            m.one("memory").unwrap_or("size=512M"),
+            m.many("memory-zone"),
+        )?;
+
+        let mut config = Self {
+            cpus,
+            memory,
+            payload,
+            rate_limit_groups,
+            disks,
+            net,
+            rng,
+            balloon,
+            generic_vhost_user,
+            fs,
+            pmem,
+            serial,
+            console,
+            debug_console,
+            devices,
+            user_devices,
+            vdpa,
+            vsock,
+            pvpanic: m.present("pvpanic"),
+            iommu: false,
+            numa,
+            watchdog: m.present("watchdog"),
+            rtc,
+            pci_segments,
+            platform,
+            tpm,
+            landlock_enable: m.present("landlock"),
+            landlock_rules,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The fds the config names, which must be open in CH: net `fd=`, device `fd=`, platform
+    /// `iommufd_fd=`, in that order.
+    pub(crate) fn inherited_fds(&self) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = self
+            .net
+            .iter()
+            .flatten()
+            .flat_map(|net| net.fds.iter().flatten().copied())
+            .collect();
+        fds.extend(self.devices.iter().flatten().filter_map(|d| d.fd));
+        fds.extend(self.platform.as_ref().and_then(|p| p.iommufd_fd));
+        fds
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_addresses() {
+        let table = [
+            ("02:00:00:00:00:0A", Some("02:00:00:00:00:0a")),
+            ("52:54:00:12:34:56", Some("52:54:00:12:34:56")),
+            ("02:00:00:00:00", None),
+            ("2:00:00:00:00:00:0", None),
+            ("+2:00:00:00:00:00", None),
+            ("zz:00:00:00:00:00", None),
+        ];
+        for (input, want) in table {
+            assert_eq!(parse_mac(input).as_deref(), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn topology() {
+        assert!(parse_topology("1:2:1:2").is_some());
+        assert!(parse_topology("2:1:1").is_none());
+        assert!(parse_topology("1:2:1:2:1").is_none());
+        assert!(parse_topology("1:2:1:x").is_none());
+    }
+
+    #[test]
+    fn console_mode_precedence() {
+        let table = [
+            ("null,tty", "Tty"),
+            ("off,pty", "Off"),
+            ("file=/a,null", "Null"),
+            ("socket=/s,file=/f", "File"),
+            ("socket=/s", "Socket"),
+        ];
+        for (input, want) in table {
+            assert_eq!(
+                ConsoleCommon::parse("--console", input)
+                    .map(|c| c.mode)
+                    .ok(),
+                Some(want)
+            );
+        }
+        assert!(ConsoleCommon::parse("--console", "").is_err());
+        assert!(ConsoleCommon::parse("--console", "file=").is_err());
+    }
+
+    #[test]
+    fn debug_console_iobase() {
+        let table = [
+            ("off,iobase=0xe9", Some(Some(233))),
+            ("tty", Some(None)),
+            ("tty,iobase=0x3f8", Some(Some(0x3f8))),
+            ("tty,iobase=e9", None),
+            ("tty,iobase=0x10000", None),
+            ("tty,iobase=0X10", None),
+        ];
+        for (input, want) in table {
+            assert_eq!(
+                DebugConsole::parse(input).map(|d| d.iobase).ok(),
+                want,
+                "{input:?}"
+            );
+        }
+    }
+}
