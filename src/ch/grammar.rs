@@ -340,7 +340,8 @@ mod tests {
     #[test]
     fn option_string_structure() {
         let keys = &["boot", "max", "path", "list"];
-        let table: &[(&str, Result<&[(&str, Option<&str>)], GrammarError>)] = &[
+        type Pairs<'a> = &'a [(&'a str, Option<&'a str>)];
+        let table: &[(&str, Result<Pairs, GrammarError>)] = &[
             (
                 "boot=2,max=4",
                 Ok(&[("boot", Some("2")), ("max", Some("4"))]),

@@ -454,11 +454,8 @@ impl VmConfig {
                         return Err(invalid(OPT, "`path=` and `fd=` exclude each other"));
                     }
                     (None, Some(_)) => {
-                        if !self
-                            .platform
-                            .as_ref()
-                            .is_some_and(|p| p.iommufd_fd.is_some())
-                        {
+                        let iommufd_fd = self.platform.as_ref().and_then(|p| p.iommufd_fd);
+                        if iommufd_fd.is_none() {
                             return Err(invalid(OPT, "`fd=` needs --platform iommufd_fd=<fd>"));
                         }
                     }
