@@ -38,30 +38,7 @@ command -v systemd-analyze >/dev/null || {
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# new_root DIR: an empty root with the host's system units and the stand-ins
-# for every executable the units and the microvm.nix stub name.
-new_root() {
-    local root=$1
-    mkdir -p "$root/etc/systemd/system" "$root/usr/lib/systemd" "$root/usr/local/bin" \
-        "$root/usr/bin"
-    # Targets and services the units order against (sysinit.target,
-    # network.target, systemd-networkd.service ...). /lib is /usr/lib on Debian.
-    cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
-    install -m 0755 "$binary" "$root/usr/local/bin/credbridge"
-    install -m 0755 /bin/true "$root/usr/bin/cloud-hypervisor"
-    local vm
-    for vm in demo myvm; do
-        mkdir -p "$root/var/lib/microvms/$vm/current/bin" "$root/var/lib/microvms/$vm/booted/bin"
-        for f in microvm-run tap-up macvtap-up pci-setup virtiofsd-run; do
-            install -m 0755 /bin/true "$root/var/lib/microvms/$vm/current/bin/$f"
-        done
-        install -m 0755 /bin/true "$root/var/lib/microvms/$vm/booted/bin/microvm-shutdown"
-    done
-    for s in microvm-pre-start microvm-post-stop; do
-        mkdir -p "$root/nix/store/stub-unit-script-$s/bin"
-        install -m 0755 /bin/true "$root/nix/store/stub-unit-script-$s/bin/$s"
-    done
-}
+. "$here/root.sh"
 
 failed=0
 # check NAME ROOT UNIT...: verify, print everything, fail on any output.
