@@ -174,6 +174,10 @@ let
             (and the unencrypted `credstore/` directories). Becomes
             `LoadCredentialEncrypted=${name}` if it equals the credential's
             name, else `LoadCredentialEncrypted=${name}:NAME`.
+
+            systemd skips a credential given by name that it finds nowhere,
+            silently; the VM then fails to start because credbridge is always
+            told which credentials to expect (`--credential`).
           '';
         };
         file = lib.mkOption {

@@ -62,7 +62,17 @@ while IFS= read -r -d '' f; do
         printf '%s\n' "$out"
         fail "parse ${f#"$repo"/}"
     fi
-done < <(find "$repo" \( -path "$repo/target" -o -path "$repo/.git" \) -prune -o -name '*.nix' -type f -print0 | sort -z)
+done < <(
+    # Tracked and new files, not git-ignored ones (target/, tests/e2e/.cache
+    # with its guest root trees).
+    if git -C "$repo" rev-parse --git-dir >/dev/null 2>&1; then
+        git -C "$repo" ls-files -z -co --exclude-standard --full-name -- '*.nix' |
+            while IFS= read -r -d '' f; do [[ -f $repo/$f ]] && printf '%s\0' "$repo/$f"; done
+    else
+        find "$repo" \( -path "$repo/target" -o -path "$repo/.git" -o -path "$repo/tests/e2e/.cache" \) -prune \
+            -o -name '*.nix' -type f -print0
+    fi | sort -z
+)
 
 evaluators=(stub)
 if [[ -n ${NIXPKGS_LIB:-} ]]; then
