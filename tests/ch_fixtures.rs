@@ -220,3 +220,111 @@ fn every_fixture_case() {
     assert_eq!(total, 255, "every fixture case is counted, none skipped");
     assert_eq!(total, cases.len());
 }
+
+/// A small deterministic PRNG (xorshift64*), so the mutation test needs no extra crate and every
+/// run sees the same inputs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Mutates one fixture argv: cuts a token, splices grammar-significant characters into one, or
+/// inserts a token that shifts clap's state.
+fn mutate(rng: &mut Rng, args: &mut Vec<OsString>) {
+    use std::os::unix::ffi::OsStringExt;
+    const TOKENS: &[&str] = &[
+        "--platform",
+        "--disk",
+        "--net",
+        "--",
+        "-",
+        "-vV",
+        "--rtc",
+        "--kernel",
+        "--cpus",
+        "=",
+        "[",
+        "]",
+        "\"",
+        ",",
+        "oem_strings=[a",
+        "--landlock",
+        "-h",
+        "--memory=size=0",
+        "fd=[0-1048576]",
+        "boot=0,max=0",
+        "--numa",
+        "guest_numa_id=0,cpus=[0-5000]",
+    ];
+    const CHARS: &[char] = &[
+        '[', ']', '"', ',', '=', '@', '-', ':', '0', '9', 'x', 'K', 'G', ' ', 'é',
+    ];
+    match rng.below(4) {
+        0 if !args.is_empty() => {
+            let i = rng.below(args.len());
+            let text = args[i].to_string_lossy().into_owned();
+            let cut = rng.below(text.len() + 1);
+            let cut = (0..=cut)
+                .rev()
+                .find(|&c| text.is_char_boundary(c))
+                .unwrap_or(0);
+            args[i] = text[..cut].into();
+        }
+        1 if !args.is_empty() => {
+            let i = rng.below(args.len());
+            let mut text = args[i].to_string_lossy().into_owned();
+            let at = rng.below(text.len() + 1);
+            let at = (0..=at)
+                .rev()
+                .find(|&c| text.is_char_boundary(c))
+                .unwrap_or(0);
+            text.insert(at, CHARS[rng.below(CHARS.len())]);
+            args[i] = text.into();
+        }
+        2 => {
+            let at = rng.below(args.len() + 1);
+            args.insert(at, TOKENS[rng.below(TOKENS.len())].into());
+        }
+        _ => {
+            let at = rng.below(args.len() + 1);
+            args.insert(at, OsString::from_vec(vec![b'-', b'-', 0xff, b'=', 0xfe]));
+        }
+    }
+}
+
+#[test]
+fn mutated_fixture_argv_never_panics() {
+    let text = fs::read_to_string(fixture_file()).expect("fixture file");
+    let cases: Vec<Value> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).expect("fixture line is JSON"))
+        .collect();
+    create_fixture_paths(&cases);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut runs = 0;
+    for case in &cases {
+        for _ in 0..40 {
+            let mut args = os_strings(&case["argv"]);
+            for _ in 0..=rng.below(3) {
+                mutate(&mut rng, &mut args);
+            }
+            // Only the absence of panics is checked; acceptance is the other test's business.
+            let _ = parse_argv(&args);
+            let _ = credbridge::ch::platform_oem_strings(&args);
+            let _ = credbridge::ch::rewrite_platform(&args, &["io.systemd.credential:a=b"]);
+            runs += 1;
+        }
+    }
+    println!("mutated command lines parsed without panic: {runs}");
+}

@@ -586,3 +586,91 @@ impl VmConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use crate::ch::parse_argv;
+
+    fn accepted(extra: &[&str]) -> Result<(), String> {
+        let mut args: Vec<OsString> = vec!["--kernel".into(), "/k".into()];
+        args.extend(extra.iter().map(OsString::from));
+        parse_argv(&args).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn limits_at_and_above() {
+        let serial20 = format!("path=/a,serial={}", "s".repeat(20));
+        let serial21 = format!("path=/a,serial={}", "s".repeat(21));
+        let tag36 = format!("tag={},socket=/s", "t".repeat(36));
+        let tag37 = format!("tag={},socket=/s", "t".repeat(37));
+        let table: &[(&[&str], bool)] = &[
+            (&["--cpus", "boot=1,max=8192"], true),
+            (&["--cpus", "boot=1,max=8193"], false),
+            (&["--cpus", "boot=2,max=1"], false),
+            (&["--disk", &serial20], true),
+            (&["--disk", &serial21], false),
+            (&["--memory", "shared=on", "--fs", &tag36], true),
+            (&["--memory", "shared=on", "--fs", &tag37], false),
+            (&["--net", "tap=t,mtu=1280"], true),
+            (&["--net", "tap=t,mtu=1279"], false),
+            (&["--platform", "num_pci_segments=96"], true),
+            (&["--platform", "num_pci_segments=97"], false),
+            (&["--platform", "num_pci_segments=0"], false),
+            (&["--platform", "iommu_address_width=64"], true),
+            (&["--platform", "iommu_address_width=65"], false),
+            (&["--disk", "path=/a,queue_size=4"], true),
+            (&["--disk", "path=/a,queue_size=2"], false),
+            (&["--disk", "path=/a,queue_size=3"], false),
+            (&["--balloon", "size=511M"], true),
+            (&["--balloon", "size=512M"], false),
+            (&["--vsock", "cid=3,socket=/v"], true),
+            (&["--vsock", "cid=2,socket=/v"], false),
+            (&["--vsock", "cid=4294967294,socket=/v"], true),
+            (&["--vsock", "cid=4294967295,socket=/v"], false),
+            (&["--disk", "path=/a,pci_device_id=31"], true),
+            (&["--disk", "path=/a,pci_device_id=32"], false),
+            (&["--disk", "path=/a,pci_device_id=0,pci_segment=0"], false),
+            (&["--device", "path=/d,x_exclude_mmap_bars=[5]"], true),
+            (&["--device", "path=/d,x_exclude_mmap_bars=[6]"], false),
+            (&["--cpus", "boot=2,topology=2:1:1:1"], true),
+            (&["--cpus", "boot=3,topology=3:1:1:1"], false),
+            (&["--net", "tap=t,num_queues=2"], true),
+            (&["--net", "tap=t,num_queues=1"], false),
+            (&["--cpus", "boot=2", "--net", "tap=t,num_queues=4"], true),
+            (&["--net", "fd=[3],num_queues=2"], true),
+            (&["--net", "fd=[3],num_queues=4"], false),
+        ];
+        for (extra, ok) in table {
+            let got = accepted(extra);
+            assert_eq!(got.is_ok(), *ok, "{extra:?}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn iommu_is_derived() {
+        let iommu = |extra: &[&str]| {
+            let mut args: Vec<OsString> = vec!["--kernel".into(), "/k".into()];
+            args.extend(extra.iter().map(OsString::from));
+            parse_argv(&args).unwrap().vm_config.unwrap()["iommu"].clone()
+        };
+        assert_eq!(iommu(&[]), false);
+        assert_eq!(iommu(&["--rng", "iommu=on"]), true);
+        // An IOMMU segment turns the flag on even with no device on it.
+        assert_eq!(
+            iommu(&["--platform", "num_pci_segments=2,iommu_segments=[1]"]),
+            true
+        );
+    }
+
+    #[test]
+    fn firmware_drops_kernel_only_parts() {
+        let args: Vec<OsString> = ["--firmware", "/fw", "--cmdline", "x", "--initramfs", "/i"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let config = parse_argv(&args).unwrap().vm_config.unwrap();
+        assert_eq!(config["payload"], serde_json::json!({"firmware": "/fw"}));
+    }
+}

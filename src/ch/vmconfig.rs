@@ -1024,6 +1024,8 @@ pub(crate) struct DebugConsole {
 
 impl DebugConsole {
     fn parse(input: &str) -> Result<Self> {
+        // CH reports this option's parse errors as `Error parsing --console` (a CH bug); we name
+        // the option the user actually wrote.
         const OPT: &str = "--debug-console";
         let mut o = Options::new(&["file", "iobase"]).with_valueless(CONSOLE_MODES);
         o.parse(input).map_err(grammar(OPT))?;
