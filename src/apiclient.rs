@@ -23,10 +23,7 @@ pub enum ApiError {
     #[error("cannot connect to the cloud-hypervisor API socket: {0}")]
     Connect(io::Error),
     #[error("{route}: HTTP exchange with cloud-hypervisor failed: {source}")]
-    Http {
-        route: String,
-        source: hyper::Error,
-    },
+    Http { route: String, source: hyper::Error },
     #[error("{route}: cloud-hypervisor did not answer within {secs} s")]
     Timeout { route: String, secs: u64 },
     #[error("{route}: cloud-hypervisor answered {status}: {}", errors.join("; "))]
@@ -89,7 +86,9 @@ impl ApiClient {
     ) -> Result<Response, ApiError> {
         let std_stream =
             std::os::unix::net::UnixStream::connect_addr(&self.addr).map_err(ApiError::Connect)?;
-        std_stream.set_nonblocking(true).map_err(ApiError::Connect)?;
+        std_stream
+            .set_nonblocking(true)
+            .map_err(ApiError::Connect)?;
         let stream = tokio::net::UnixStream::from_std(std_stream).map_err(ApiError::Connect)?;
         let io = TokioIo::new(FdStream {
             inner: stream,
@@ -116,13 +115,15 @@ impl ApiClient {
                 buf: body.map(|data| SecretBuf { data, pos: 0 }),
             })
             .expect("static request parts are valid");
-        let exchange = async {
+        let exchange = async move {
             let resp = sender.send_request(req).await?;
             let status = resp.status().as_u16();
             let bytes = resp.into_body().collect().await?.to_bytes();
+            // Dropping the sender lets the keep-alive connection task finish.
+            drop(sender);
             Ok::<_, hyper::Error>((status, Zeroizing::new(bytes.to_vec())))
         };
-        // The connection task must run alongside the request; it ends once the response is read.
+        // The connection task must run alongside the request; it ends once the sender is gone.
         let (result, _conn) = tokio::join!(exchange, conn);
         let (status, body) = result.map_err(http)?;
         if status >= 400 {
@@ -140,7 +141,9 @@ impl ApiClient {
     }
 
     pub async fn ping(&self) -> Result<(), ApiError> {
-        self.request(Method::GET, "vmm.ping", None, &[]).await.map(drop)
+        self.request(Method::GET, "vmm.ping", None, &[])
+            .await
+            .map(drop)
     }
 }
 
@@ -209,14 +212,19 @@ struct FdStream {
 }
 
 impl FdStream {
-    fn poll_sendmsg(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_sendmsg(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.inner.poll_write_ready(cx))?;
             let fd = self.inner.as_raw_fd();
             let fds = &self.pending_fds;
             let sent = self.inner.try_io(Interest::WRITABLE, || {
                 let cmsgs = [ControlMessage::ScmRights(fds)];
-                sendmsg::<()>(fd, bufs, &cmsgs, MsgFlags::MSG_NOSIGNAL, None).map_err(io::Error::from)
+                sendmsg::<()>(fd, bufs, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)
+                    .map_err(io::Error::from)
             });
             match sent {
                 Ok(n) => {
@@ -241,7 +249,11 @@ impl AsyncRead for FdStream {
 }
 
 impl AsyncWrite for FdStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         if self.pending_fds.is_empty() {
             Pin::new(&mut self.inner).poll_write(cx, buf)
         } else {

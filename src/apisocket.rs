@@ -24,9 +24,13 @@ const MAX_SOCKET_PATH: usize = 107;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiSocketError {
-    #[error("socket activation passed {count} fds and none is named `api`\nhint: set FileDescriptorName=api in the .socket unit")]
+    #[error(
+        "socket activation passed {count} fds and none is named `api`\nhint: set FileDescriptorName=api in the .socket unit"
+    )]
     NoApiFd { count: usize },
-    #[error("socket-activated fd {fd} (`api`) is not a listening AF_UNIX stream socket ({why})\nhint: use ListenStream=/path with Accept=no in the .socket unit")]
+    #[error(
+        "socket-activated fd {fd} (`api`) is not a listening AF_UNIX stream socket ({why})\nhint: use ListenStream=/path with Accept=no in the .socket unit"
+    )]
     NotListening { fd: i32, why: String },
     #[error("API socket path {} is {len} bytes; AF_UNIX paths are at most {MAX_SOCKET_PATH}\nhint: use a shorter --api-socket path or a relative one", path.display())]
     PathTooLong { path: PathBuf, len: usize },
@@ -266,7 +270,10 @@ mod tests {
         let mut s = ApiSocket::bind_path(&p).unwrap();
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(std::os::unix::net::UnixStream::connect(&p).is_ok(), "listening");
+        assert!(
+            std::os::unix::net::UnixStream::connect(&p).is_ok(),
+            "listening"
+        );
         assert!(matches!(
             ApiSocket::bind_path(&p),
             Err(ApiSocketError::InUse { .. })

@@ -141,7 +141,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" | "sec" => Duration::from_secs(n),
         "ms" | "msec" => Duration::from_millis(n),
         "min" | "m" => Duration::from_secs(n.saturating_mul(60)),
-        other => return Err(format!("unknown unit {other:?} in {s:?} (use ms, s or min)")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use ms, s or min)"
+            ));
+        }
     };
     Ok(d)
 }

@@ -130,9 +130,13 @@ pub enum CredentialError {
     },
     #[error("credential {name:?}: cannot read it: {source}")]
     Read { name: String, source: io::Error },
-    #[error("credential {name:?} is {size} bytes, the limit is {MAX_CREDENTIAL_SIZE} bytes (1 MiB) per credential\nhint: systemd and the guest refuse larger credentials; store a smaller secret, or leave it out with --credential")]
+    #[error(
+        "credential {name:?} is {size} bytes, the limit is {MAX_CREDENTIAL_SIZE} bytes (1 MiB) per credential\nhint: systemd and the guest refuse larger credentials; store a smaller secret, or leave it out with --credential"
+    )]
     TooLarge { name: String, size: u64 },
-    #[error("credential {name:?} changed size while it was read ({expected} bytes, then {actual}+)")]
+    #[error(
+        "credential {name:?} changed size while it was read ({expected} bytes, then {actual}+)"
+    )]
     ChangedSize {
         name: String,
         expected: usize,
@@ -142,7 +146,9 @@ pub enum CredentialError {
     Missing { name: String, dir: PathBuf },
     #[error("credential {name:?} is selected twice with --credential")]
     SelectedTwice { name: String },
-    #[error("credentials total {total} bytes (names plus values), the limit is {MAX_TOTAL_SIZE} bytes (1 MiB); the largest is {largest:?}\nhint: pass fewer credentials with --credential NAME")]
+    #[error(
+        "credentials total {total} bytes (names plus values), the limit is {MAX_TOTAL_SIZE} bytes (1 MiB); the largest is {largest:?}\nhint: pass fewer credentials with --credential NAME"
+    )]
     TotalTooLarge { total: usize, largest: String },
 }
 
@@ -196,7 +202,8 @@ pub fn load(dir: &Path, selection: &[Selection]) -> Result<Vec<Credential>, Cred
                 });
             }
             let path = dir.join(&sel.name);
-            if std::fs::symlink_metadata(&path).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+            if std::fs::symlink_metadata(&path).is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+            {
                 return Err(CredentialError::Missing {
                     name: sel.name.clone(),
                     dir: dir.to_owned(),
@@ -216,7 +223,10 @@ pub fn load(dir: &Path, selection: &[Selection]) -> Result<Vec<Credential>, Cred
 
 fn check_total(creds: &[Credential]) -> Result<(), CredentialError> {
     // systemd counts name plus value for each credential against the unit's and PID 1's total.
-    let total: usize = creds.iter().map(|c| c.guest_name.len() + c.value.len()).sum();
+    let total: usize = creds
+        .iter()
+        .map(|c| c.guest_name.len() + c.value.len())
+        .sum();
     if total > MAX_TOTAL_SIZE {
         let largest = creds
             .iter()
@@ -335,7 +345,10 @@ mod tests {
         assert!(validate_name("a").is_ok());
         assert!(validate_name(&"a".repeat(254)).is_ok());
         assert!(validate_name(&"a".repeat(255)).is_ok());
-        assert_eq!(validate_name(&"a".repeat(256)), Err(NameError::TooLong(256)));
+        assert_eq!(
+            validate_name(&"a".repeat(256)),
+            Err(NameError::TooLong(256))
+        );
         assert_eq!(validate_name("."), Err(NameError::Dots));
         assert_eq!(validate_name(".."), Err(NameError::Dots));
         assert!(validate_name("...").is_ok());
@@ -421,7 +434,8 @@ mod tests {
             return;
         }
         let d = dir_with(&[("locked", b"1")]);
-        std::fs::set_permissions(d.path().join("locked"), PermissionsExt::from_mode(0o000)).unwrap();
+        std::fs::set_permissions(d.path().join("locked"), PermissionsExt::from_mode(0o000))
+            .unwrap();
         let e = load(d.path(), &[]).unwrap_err().to_string();
         assert!(e.contains("\"locked\""), "{e}");
     }
@@ -430,7 +444,10 @@ mod tests {
     fn per_credential_limit_at_below_and_above() {
         // A one-byte name: below the value limit the whole fits the total exactly.
         let d = dir_with(&[("a", &vec![b'x'; MAX_CREDENTIAL_SIZE - 1])]);
-        assert_eq!(load(d.path(), &[]).unwrap()[0].value.len(), MAX_CREDENTIAL_SIZE - 1);
+        assert_eq!(
+            load(d.path(), &[]).unwrap()[0].value.len(),
+            MAX_CREDENTIAL_SIZE - 1
+        );
         // At the value limit the value passes its own check, but name + value is over the total.
         let d = dir_with(&[("a", &vec![b'x'; MAX_CREDENTIAL_SIZE])]);
         let e = load(d.path(), &[]).unwrap_err();
@@ -443,7 +460,10 @@ mod tests {
             matches!(e, CredentialError::TooLarge { size, .. } if size == MAX_CREDENTIAL_SIZE as u64 + 1)
         );
         let text = e.to_string();
-        assert!(text.contains("\"a\"") && text.contains("1048576") && text.contains("1048577"), "{text}");
+        assert!(
+            text.contains("\"a\"") && text.contains("1048576") && text.contains("1048577"),
+            "{text}"
+        );
     }
 
     #[test]

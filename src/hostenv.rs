@@ -141,7 +141,11 @@ mod tests {
         let e = env(&[("LISTEN_PID", "8"), ("LISTEN_FDS", "1")], 7);
         assert_eq!(e.listen_fds(), None);
         let e = env(
-            &[("LISTEN_PID", "7"), ("LISTEN_FDS", "2"), ("LISTEN_FDNAMES", "api:x")],
+            &[
+                ("LISTEN_PID", "7"),
+                ("LISTEN_FDS", "2"),
+                ("LISTEN_FDNAMES", "api:x"),
+            ],
             7,
         );
         assert_eq!(
@@ -152,7 +156,10 @@ mod tests {
 
     #[test]
     fn watchdog_honoured_only_for_our_pid() {
-        assert_eq!(env(&[("WATCHDOG_USEC", "100")], 7).watchdog_usec(), Some(100));
+        assert_eq!(
+            env(&[("WATCHDOG_USEC", "100")], 7).watchdog_usec(),
+            Some(100)
+        );
         assert_eq!(
             env(&[("WATCHDOG_USEC", "100"), ("WATCHDOG_PID", "7")], 7).watchdog_usec(),
             Some(100)

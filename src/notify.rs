@@ -11,7 +11,9 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
-    #[error("NOTIFY_SOCKET={0:?} is a vsock address; credbridge supports only AF_UNIX notify sockets\nhint: run credbridge on the host, where systemd's notify socket is a path")]
+    #[error(
+        "NOTIFY_SOCKET={0:?} is a vsock address; credbridge supports only AF_UNIX notify sockets\nhint: run credbridge on the host, where systemd's notify socket is a path"
+    )]
     Vsock(String),
     #[error("NOTIFY_SOCKET={0:?} is not a usable socket address: {1}")]
     BadAddress(String, std::io::Error),
@@ -112,9 +114,8 @@ mod tests {
     #[test]
     fn sends_to_an_abstract_socket() {
         let name = format!("credbridge-test-{}", std::process::id());
-        let rx =
-            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
-                .unwrap();
+        let rx = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+            .unwrap();
         let n = Notifier::new(Some(OsStr::new(&format!("@{name}")))).unwrap();
         n.watchdog();
         let mut buf = [0u8; 64];

@@ -212,19 +212,29 @@ impl Limits {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OemError {
-    #[error("{subject} is OEM string number {count}; one SMBIOS type 11 entry holds at most {MAX_STRINGS}\nhint: pass fewer credentials with --credential NAME, or fewer --oem-string")]
+    #[error(
+        "{subject} is OEM string number {count}; one SMBIOS type 11 entry holds at most {MAX_STRINGS}\nhint: pass fewer credentials with --credential NAME, or fewer --oem-string"
+    )]
     TooMany { subject: String, count: usize },
-    #[error("{subject} is empty; an empty OEM string ends the SMBIOS string set early and corrupts the table\nhint: remove it")]
+    #[error(
+        "{subject} is empty; an empty OEM string ends the SMBIOS string set early and corrupts the table\nhint: remove it"
+    )]
     Empty { subject: String },
-    #[error("{subject} contains a NUL byte at offset {offset}; SMBIOS strings end at NUL\nhint: remove it from the OEM string")]
+    #[error(
+        "{subject} contains a NUL byte at offset {offset}; SMBIOS strings end at NUL\nhint: remove it from the OEM string"
+    )]
     Nul { subject: String, offset: usize },
-    #[error("{second} has guest name {name:?}, already used by {first}; the guest would import only the first\nhint: rename one with --credential NAME=GUEST_NAME")]
+    #[error(
+        "{second} has guest name {name:?}, already used by {first}; the guest would import only the first\nhint: rename one with --credential NAME=GUEST_NAME"
+    )]
     Duplicate {
         name: String,
         first: String,
         second: String,
     },
-    #[error("{subject} does not fit the SMBIOS budget: the OEM strings form a {size}-byte type 11 entry, the limit is {budget} bytes (--smbios-budget); guests with systemd < 257 read only the first 4096 bytes of it and silently import a cut credential\nhint: pass fewer or smaller credentials, or raise --smbios-budget (at most {max_budget} for {hypervisor}) if every guest runs systemd >= 257")]
+    #[error(
+        "{subject} does not fit the SMBIOS budget: the OEM strings form a {size}-byte type 11 entry, the limit is {budget} bytes (--smbios-budget); guests with systemd < 257 read only the first 4096 bytes of it and silently import a cut credential\nhint: pass fewer or smaller credentials, or raise --smbios-budget (at most {max_budget} for {hypervisor}) if every guest runs systemd >= 257"
+    )]
     OverBudget {
         subject: String,
         size: usize,
@@ -232,7 +242,9 @@ pub enum OemError {
         max_budget: usize,
         hypervisor: &'static str,
     },
-    #[error("{subject} does not fit {hypervisor}'s SMBIOS table: the strings need {needed} bytes (each string plus its NUL), the hard limit is {ceiling} bytes; past it the table is written over guest memory\nhint: pass fewer or smaller credentials; this limit cannot be raised")]
+    #[error(
+        "{subject} does not fit {hypervisor}'s SMBIOS table: the strings need {needed} bytes (each string plus its NUL), the hard limit is {ceiling} bytes; past it the table is written over guest memory\nhint: pass fewer or smaller credentials; this limit cannot be raised"
+    )]
     OverCeiling {
         subject: String,
         needed: usize,
@@ -324,7 +336,9 @@ mod tests {
     fn decode(s: &OemString) -> Vec<u8> {
         let text = std::str::from_utf8(s.expose()).unwrap();
         let (_, b64) = text.split_once('=').unwrap();
-        base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap()
     }
 
     #[test]
@@ -395,7 +409,10 @@ mod tests {
         let e = validate(&[OemString::public("", Origin::Argv)], &limits(4096)).unwrap_err();
         assert!(matches!(e, OemError::Empty { .. }));
         let c = OemString::from_credential(&cred("k", b"a\0b"), false);
-        assert!(validate(&[c], &limits(4096)).is_ok(), "binary form has no NUL");
+        assert!(
+            validate(&[c], &limits(4096)).is_ok(),
+            "binary form has no NUL"
+        );
         let e = validate(&[OemString::public("a\0b", Origin::Flag)], &limits(4096)).unwrap_err();
         assert_eq!(
             e,
@@ -412,7 +429,10 @@ mod tests {
         let b = OemString::from_credential(&cred("x", b"2"), false);
         let e = validate(&[a, b], &limits(4096)).unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("credential \"x\"") && text.contains("--platform"), "{text}");
+        assert!(
+            text.contains("credential \"x\"") && text.contains("--platform"),
+            "{text}"
+        );
         // Non-credential strings never collide.
         let a = OemString::public("hello", Origin::Argv);
         let b = OemString::public("hello", Origin::Flag);
@@ -423,10 +443,20 @@ mod tests {
     fn budget_at_below_and_above() {
         // One string of n bytes: entry = 5 + (n + 1) + 1 = n + 7.
         let one = |n: usize| vec![OemString::public(&"a".repeat(n), Origin::Flag)];
-        assert!(validate(&one(4089), &limits(4096)).is_ok(), "entry of exactly 4096");
+        assert!(
+            validate(&one(4089), &limits(4096)).is_ok(),
+            "entry of exactly 4096"
+        );
         assert!(validate(&one(4088), &limits(4096)).is_ok());
         let e = validate(&one(4090), &limits(4096)).unwrap_err();
-        assert!(matches!(e, OemError::OverBudget { size: 4097, budget: 4096, .. }));
+        assert!(matches!(
+            e,
+            OemError::OverBudget {
+                size: 4097,
+                budget: 4096,
+                ..
+            }
+        ));
         let text = e.to_string();
         assert!(text.contains("4097") && text.contains("4096") && text.contains("--smbios-budget"));
         assert!(validate(&one(4090), &limits(4097)).is_ok(), "raised budget");
@@ -455,7 +485,9 @@ mod tests {
         assert!(validate(&two(max / 2 - 1, max / 2 - 1), &l).is_ok());
         assert!(validate(&two(max / 2 - 1, max / 2 - 2), &l).is_ok());
         let e = validate(&two(max / 2 - 1, max / 2), &l).unwrap_err();
-        assert!(matches!(e, OemError::OverCeiling { needed, ceiling, .. } if needed == max + 1 && ceiling == max));
+        assert!(
+            matches!(e, OemError::OverCeiling { needed, ceiling, .. } if needed == max + 1 && ceiling == max)
+        );
         assert_eq!(l.max_budget(), 65404);
     }
 
