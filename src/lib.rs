@@ -12,4 +12,12 @@ pub mod hostenv;
 pub mod logging;
 pub mod notify;
 pub mod oem;
+pub mod plan;
+pub mod render;
+pub mod supervisor;
 pub mod sys;
+
+/// credbridge's own failures: bad input, nothing could be started, or the start failed
+/// although the hypervisor exited 0. Chosen outside the hypervisor's own codes (0, 1, 2) and
+/// systemd's reserved range, like `env`/`timeout`'s 125.
+pub const EXIT_FAILURE: i32 = 125;

@@ -1,0 +1,644 @@
+//! Turns the command line, the environment and the credentials into a checked plan. Nothing is
+//! started, bound or created here: bad input must be refused before anything exists.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::ch::{self, ChArgv, Mode, SocketArg};
+use crate::cli::{Delivery, HypervisorKind, Ready, RunArgs};
+use crate::credentials::{self, CredentialError};
+use crate::hostenv::HostEnv;
+use crate::oem::{self, Limits, OemError, OemString, Origin};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    #[error(transparent)]
+    Oem(#[from] OemError),
+    #[error(
+        "hypervisor argv: {0}\nhint: credbridge refuses what cloud-hypervisor would refuse, before starting it"
+    )]
+    Argv(#[from] ch::ArgvError),
+    #[error(
+        "cannot tell which hypervisor {0:?} is from its file name\nhint: pass --hypervisor cloud-hypervisor or --hypervisor qemu"
+    )]
+    UnknownHypervisor(String),
+    #[error(
+        "the QEMU backend is not available in this version of credbridge\nhint: use cloud-hypervisor"
+    )]
+    QemuUnsupported,
+    #[error(
+        "--ready guest is not available in this version of credbridge\nhint: use --ready booted"
+    )]
+    GuestReadyUnsupported,
+    #[error(
+        "the hypervisor argv has no --kernel or --firmware, so there is no VM to give the credentials to\nhint: pass the complete cloud-hypervisor command line after `--`"
+    )]
+    NoVm,
+    #[error(
+        "{what} cannot be expressed through cloud-hypervisor's API (vm.create)\nhint: use --delivery argv for this VM, accepting that the OEM strings are visible in the process list"
+    )]
+    NotExpressible { what: String },
+    #[error(
+        "{subject} contains {what}, which the --platform oem_strings=[...] grammar cannot carry\nhint: use --delivery api (the default), which passes any bytes"
+    )]
+    NotArgvSafe { subject: String, what: &'static str },
+    #[error(
+        "--smbios-budget {budget} is above what {hypervisor} can hold ({max} bytes for the type 11 entry)\nhint: use at most {max}"
+    )]
+    BudgetTooLarge {
+        budget: usize,
+        max: usize,
+        hypervisor: &'static str,
+    },
+    #[error(
+        "the hypervisor argv names fd {fd} ({option}), but credbridge did not inherit fd {fd}\nhint: open it before exec, as microvm.nix's runner does for macvtap"
+    )]
+    FdNotOpen { fd: RawFd, option: &'static str },
+}
+
+/// The vm.create request and the devices that must follow it with fds attached.
+pub struct CreatePlan {
+    /// The VM config with `platform.oem_strings` left for [`CreatePlan::body`] to fill.
+    config: Value,
+    /// `--net fd=[...]`: vm.create drops fds, so these go through vm.add-net with SCM_RIGHTS.
+    pub add_nets: Vec<(Value, Vec<RawFd>)>,
+    /// `--device fd=N`: likewise through vm.add-device.
+    pub add_devices: Vec<(Value, RawFd)>,
+}
+
+/// Where the hypervisor's API socket comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiSource {
+    /// Bind the path the argv named.
+    Path(PathBuf),
+    /// Use an fd the argv named (inherited from our parent).
+    Fd(RawFd),
+    /// Socket activation if present, else a private socket.
+    Default,
+}
+
+pub struct Plan {
+    pub kind: HypervisorKind,
+    pub delivery: Delivery,
+    pub program: OsString,
+    pub argv0: OsString,
+    user_args: Vec<OsString>,
+    pub ch: ChArgv,
+    /// Every OEM string in SMBIOS order: the argv's own, `--oem-string`, then credentials.
+    pub strings: Vec<OemString>,
+    pub credential_count: usize,
+    pub budget: usize,
+    pub api_source: ApiSource,
+    pub own_event_monitor: bool,
+    pub create: Option<CreatePlan>,
+    pub ready: Ready,
+    pub ready_timeout: Option<Duration>,
+    pub stop_timeout: Duration,
+    pub warnings: Vec<String>,
+}
+
+/// `fd=` placeholders for `render`, real numbers for `run`.
+pub struct FdNames {
+    pub api: String,
+    pub events: Option<String>,
+}
+
+/// Child argv that may hold secrets (argv delivery): zeroed on drop.
+pub struct ChildArgs(pub Vec<OsString>);
+
+impl Drop for ChildArgs {
+    fn drop(&mut self) {
+        for a in self.0.drain(..) {
+            let mut bytes = std::os::unix::ffi::OsStringExt::into_vec(a);
+            bytes.zeroize();
+        }
+    }
+}
+
+fn detect(program: &OsStr, forced: Option<HypervisorKind>) -> Result<HypervisorKind, PlanError> {
+    if let Some(k) = forced {
+        return Ok(k);
+    }
+    let name = Path::new(program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.starts_with("cloud-hypervisor") {
+        Ok(HypervisorKind::CloudHypervisor)
+    } else if name.starts_with("qemu-system-") || name == "qemu-kvm" {
+        Ok(HypervisorKind::Qemu)
+    } else {
+        Err(PlanError::UnknownHypervisor(
+            program.to_string_lossy().into_owned(),
+        ))
+    }
+}
+
+/// The platform strings that share the SMBIOS table with the OEM strings and so lower the
+/// ceiling (cloud-hypervisor.md section 2).
+fn system_strings_len(config: Option<&Value>) -> usize {
+    const KEYS: &[&str] = &[
+        "system_manufacturer",
+        "system_product_name",
+        "system_version",
+        "system_serial_number",
+        "system_uuid",
+        "system_sku_number",
+        "system_family",
+        "chassis_asset_tag",
+        "serial_number",
+        "uuid",
+    ];
+    let Some(platform) = config.and_then(|c| c.get("platform")) else {
+        return 0;
+    };
+    KEYS.iter()
+        .filter_map(|k| platform.get(k).and_then(Value::as_str))
+        .map(|s| s.len() + 1)
+        .sum()
+}
+
+/// Removes `--opt X` and `--opt=X` from an argv, as clap would have parsed them.
+fn strip_option(args: &[OsString], opt: &str) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut skip_next = false;
+    let eq = format!("{opt}=");
+    for a in args {
+        if skip_next {
+            skip_next = false;
+            continue;
+        }
+        if a == opt {
+            skip_next = true;
+            continue;
+        }
+        if a.as_bytes().starts_with(eq.as_bytes()) {
+            continue;
+        }
+        out.push(a.clone());
+    }
+    out
+}
+
+impl Plan {
+    pub fn build(args: &RunArgs, env: &HostEnv) -> Result<Plan, PlanError> {
+        let (program, user_args) = args
+            .command
+            .split_first()
+            .expect("clap requires HYPERVISOR");
+        let kind = detect(program, args.hypervisor)?;
+        if kind == HypervisorKind::Qemu {
+            return Err(PlanError::QemuUnsupported);
+        }
+        if args.ready == Ready::Guest {
+            return Err(PlanError::GuestReadyUnsupported);
+        }
+        // The argv is checked before the credentials are read, so a typo in the hypervisor's
+        // command line is reported even when the secrets are fine.
+        let parsed = ch::parse_argv(user_args)?;
+        if parsed.mode != Mode::Vm {
+            return Err(PlanError::NoVm);
+        }
+        let delivery = args.delivery;
+        let mut warnings = Vec::new();
+
+        let dir = args
+            .credentials_dir
+            .clone()
+            .or_else(|| env.credentials_directory())
+            .ok_or(CredentialError::NoDirectory)?;
+        let creds = credentials::load(&dir, &args.credentials)?;
+
+        let plain_ok = delivery == Delivery::Api;
+        let mut strings: Vec<OemString> = ch::platform_oem_strings(user_args)?
+            .iter()
+            .map(|s| OemString::public(s, Origin::Argv))
+            .collect();
+        strings.extend(
+            args.oem_strings
+                .iter()
+                .map(|s| OemString::public(s, Origin::Flag)),
+        );
+        strings.extend(
+            creds
+                .iter()
+                .map(|c| OemString::from_credential(c, plain_ok)),
+        );
+        drop(creds);
+
+        let ceiling =
+            oem::CH_STRINGS_CEILING.saturating_sub(system_strings_len(parsed.vm_config.as_ref()));
+        let limits = Limits {
+            budget: args.smbios_budget,
+            strings_ceiling: ceiling,
+            hypervisor: "cloud-hypervisor",
+        };
+        if args.smbios_budget > limits.max_budget() {
+            return Err(PlanError::BudgetTooLarge {
+                budget: args.smbios_budget,
+                max: limits.max_budget(),
+                hypervisor: "cloud-hypervisor",
+            });
+        }
+        oem::validate(&strings, &limits)?;
+
+        if delivery == Delivery::Argv {
+            for s in strings.iter().filter(|s| s.origin == Origin::Flag) {
+                let b = s.expose();
+                let what = if b.iter().any(|c| matches!(c, b',' | b'"' | b'[' | b']')) {
+                    Some("`,`, `\"`, `[` or `]`")
+                } else if b.first().is_some_and(u8::is_ascii_whitespace)
+                    || b.last().is_some_and(u8::is_ascii_whitespace)
+                {
+                    Some("leading or trailing whitespace")
+                } else {
+                    None
+                };
+                if let Some(what) = what {
+                    return Err(PlanError::NotArgvSafe {
+                        subject: s.subject(),
+                        what,
+                    });
+                }
+            }
+            warnings.push(
+                "--delivery argv: the credentials' values are on cloud-hypervisor's command line, \
+                 readable by every local user in /proc/PID/cmdline; use --delivery api to avoid it"
+                    .into(),
+            );
+            for &fd in &parsed.inherited_fds {
+                if !crate::sys::fd_is_open(fd) {
+                    return Err(PlanError::FdNotOpen { fd, option: "fd=" });
+                }
+            }
+        }
+
+        let create = if delivery == Delivery::Api {
+            if parsed.landlock {
+                return Err(PlanError::NotExpressible {
+                    what:
+                        "--landlock (thread sandboxing of the VMM's HTTP, signal and event threads)"
+                            .into(),
+                });
+            }
+            if parsed.restore.is_some() {
+                return Err(PlanError::NotExpressible {
+                    what: "--restore".into(),
+                });
+            }
+            if parsed.verbosity > 0 {
+                warnings.push(
+                    "the hypervisor argv has -v: at that level cloud-hypervisor logs the whole VM \
+                     config, OEM strings and therefore credentials included; remove -v"
+                        .into(),
+                );
+            }
+            let config = parsed.vm_config.clone().ok_or(PlanError::NoVm)?;
+            Some(CreatePlan::split(config)?)
+        } else {
+            None
+        };
+
+        let api_source = match &parsed.api_socket {
+            Some(SocketArg::Path(p)) => ApiSource::Path(p.clone()),
+            Some(SocketArg::Fd(fd)) => {
+                if !crate::sys::fd_is_open(*fd) {
+                    return Err(PlanError::FdNotOpen {
+                        fd: *fd,
+                        option: "--api-socket",
+                    });
+                }
+                ApiSource::Fd(*fd)
+            }
+            None => ApiSource::Default,
+        };
+
+        Ok(Plan {
+            kind,
+            delivery,
+            program: program.clone(),
+            argv0: args.argv0.clone().unwrap_or_else(|| program.clone()),
+            credential_count: strings.iter().filter(|s| s.is_secret()).count(),
+            own_event_monitor: parsed.event_monitor.is_none(),
+            user_args: user_args.to_vec(),
+            ch: parsed,
+            strings,
+            budget: args.smbios_budget,
+            api_source,
+            create,
+            ready: args.ready,
+            ready_timeout: args.ready_timeout,
+            stop_timeout: args.stop_timeout,
+            warnings,
+        })
+    }
+
+    pub fn entry_size(&self) -> usize {
+        oem::entry_size(&self.strings)
+    }
+
+    /// The hypervisor's arguments (after argv[0]).
+    pub fn child_args(&self, fds: &FdNames) -> Result<ChildArgs, PlanError> {
+        let mut args = match self.delivery {
+            Delivery::Api => strip_option(&self.ch.vmm_argv, "--api-socket"),
+            Delivery::Argv => {
+                let extra: Vec<&str> = self
+                    .strings
+                    .iter()
+                    .filter(|s| s.origin != Origin::Argv)
+                    // Argv-safe by construction: binary form, and --oem-string checked above.
+                    .map(|s| std::str::from_utf8(s.expose()).unwrap_or(""))
+                    .collect();
+                let stripped = strip_option(&self.user_args, "--api-socket");
+                ch::rewrite_platform(&stripped, &extra)?
+            }
+        };
+        args.push("--api-socket".into());
+        args.push(format!("fd={}", fds.api).into());
+        if let Some(ev) = &fds.events {
+            args.push("--event-monitor".into());
+            args.push(format!("fd={ev}").into());
+        }
+        Ok(ChildArgs(args))
+    }
+
+    /// The same argv with every credential value replaced by its size, for `render` and logs.
+    pub fn redacted_child_args(&self, fds: &FdNames) -> Result<Vec<String>, PlanError> {
+        let args = self.child_args(fds)?;
+        Ok(args
+            .0
+            .iter()
+            .map(|a| {
+                let mut s = a.to_string_lossy().into_owned();
+                for o in self.strings.iter().filter(|o| o.is_secret()) {
+                    let secret = String::from_utf8_lossy(o.expose()).into_owned();
+                    s = s.replace(&secret, &o.redacted());
+                }
+                s
+            })
+            .collect())
+    }
+
+    /// Fds the child keeps at their numbers besides the ones credbridge creates.
+    pub fn inherited_fds_for_child(&self) -> Vec<RawFd> {
+        match self.delivery {
+            // Through the API, fds travel as SCM_RIGHTS; the child needs none of them.
+            Delivery::Api => Vec::new(),
+            Delivery::Argv => self.ch.inherited_fds.clone(),
+        }
+    }
+
+    /// Replaces every secret's value in `text` (an error from the hypervisor, say) by its size.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for o in self.strings.iter().filter(|o| o.is_secret()) {
+            let full = String::from_utf8_lossy(o.expose()).into_owned();
+            out = out.replace(&full, &o.redacted());
+            if let Some((_, value)) = full.split_once('=') {
+                if value.len() >= 4 {
+                    out = out.replace(value, "<redacted>");
+                }
+            }
+        }
+        out
+    }
+
+    /// Drops the secrets once they have been handed over.
+    pub fn forget_secrets(&mut self) {
+        self.strings.retain(|s| !s.is_secret());
+    }
+}
+
+impl CreatePlan {
+    fn split(mut config: Value) -> Result<CreatePlan, PlanError> {
+        if config
+            .pointer("/platform/iommufd_fd")
+            .is_some_and(|v| !v.is_null())
+        {
+            return Err(PlanError::NotExpressible {
+                what: "--platform iommufd_fd".into(),
+            });
+        }
+        let mut add_nets = Vec::new();
+        if let Some(Value::Array(nets)) = config.get_mut("net") {
+            let mut kept = Vec::new();
+            for mut net in nets.drain(..) {
+                match net.as_object_mut().and_then(|o| o.remove("fds")) {
+                    Some(Value::Array(fds)) => {
+                        let fds: Vec<RawFd> = fds
+                            .iter()
+                            .filter_map(|v| v.as_i64())
+                            .map(|v| v as RawFd)
+                            .collect();
+                        for &fd in &fds {
+                            if !crate::sys::fd_is_open(fd) {
+                                return Err(PlanError::FdNotOpen {
+                                    fd,
+                                    option: "--net fd=",
+                                });
+                            }
+                        }
+                        add_nets.push((net, fds));
+                    }
+                    Some(Value::Null) | None => kept.push(net),
+                    Some(other) => {
+                        net["fds"] = other;
+                        kept.push(net)
+                    }
+                }
+            }
+            *nets = kept;
+        }
+        if config
+            .get("net")
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty)
+        {
+            config.as_object_mut().map(|o| o.remove("net"));
+        }
+        let mut add_devices = Vec::new();
+        if let Some(Value::Array(devices)) = config.get_mut("devices") {
+            let mut kept = Vec::new();
+            for mut dev in devices.drain(..) {
+                match dev
+                    .as_object_mut()
+                    .and_then(|o| o.remove("fd"))
+                    .and_then(|v| v.as_i64())
+                {
+                    Some(fd) => {
+                        let fd = fd as RawFd;
+                        if !crate::sys::fd_is_open(fd) {
+                            return Err(PlanError::FdNotOpen {
+                                fd,
+                                option: "--device fd=",
+                            });
+                        }
+                        add_devices.push((dev, fd))
+                    }
+                    None => kept.push(dev),
+                }
+            }
+            *devices = kept;
+        }
+        if config
+            .get("devices")
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty)
+        {
+            config.as_object_mut().map(|o| o.remove("devices"));
+        }
+        Ok(CreatePlan {
+            config,
+            add_nets,
+            add_devices,
+        })
+    }
+
+    /// Fills `platform.oem_strings` with placeholders; `fill` replaces each by its string.
+    fn skeleton(&self, count: usize) -> (String, Vec<String>) {
+        let mut config = self.config.clone();
+        let marks: Vec<String> = (0..count)
+            .map(|i| format!("\u{0}credbridge-oem-{i}\u{0}"))
+            .collect();
+        if !config.get("platform").is_some_and(Value::is_object) {
+            // cloud-hypervisor's own defaults for a --platform without other keys.
+            config["platform"] = serde_json::json!({
+                "num_pci_segments": 1,
+                "iommu_address_width_bits": 64,
+                "iommufd": false,
+                "vfio_p2p_dma": true,
+            });
+        }
+        config["platform"]["oem_strings"] =
+            Value::Array(marks.iter().cloned().map(Value::String).collect());
+        let text = serde_json::to_string(&config).expect("a Value always serializes");
+        let encoded_marks = marks
+            .iter()
+            .map(|m| serde_json::to_string(m).expect("string"))
+            .collect();
+        (text, encoded_marks)
+    }
+
+    /// The vm.create body, built directly into a zeroizing buffer sized up front.
+    ///
+    /// The secrets never pass through a `serde_json::Value` (whose strings are freed without
+    /// zeroing): the config is serialized with placeholders, and each string is escaped into
+    /// the final buffer in place of its placeholder.
+    pub fn body(&self, strings: &[OemString]) -> Zeroizing<Vec<u8>> {
+        let (text, marks) = self.skeleton(strings.len());
+        // JSON escaping at most sextuples a byte (\u00XX) plus the two quotes.
+        let cap = text.len() + strings.iter().map(|s| s.len() * 6 + 2).sum::<usize>();
+        let mut out = Zeroizing::new(Vec::with_capacity(cap));
+        let start = out.as_ptr();
+        let mut rest = text.as_str();
+        for (mark, s) in marks.iter().zip(strings) {
+            let Some(at) = rest.find(mark.as_str()) else {
+                continue;
+            };
+            out.extend_from_slice(&rest.as_bytes()[..at]);
+            write_json_string(&mut out, s.expose());
+            rest = &rest[at + mark.len()..];
+        }
+        out.extend_from_slice(rest.as_bytes());
+        debug_assert_eq!(start, out.as_ptr(), "the buffer never reallocated");
+        out
+    }
+
+    /// The vm.create body as `render` shows it: every credential redacted.
+    pub fn redacted_json(&self, strings: &[OemString]) -> String {
+        let (text, marks) = self.skeleton(strings.len());
+        let mut out = text;
+        for (mark, s) in marks.iter().zip(strings) {
+            let shown = serde_json::to_string(&s.redacted()).expect("string");
+            out = out.replacen(mark.as_str(), &shown, 1);
+        }
+        let v: Value = serde_json::from_str(&out).expect("valid JSON");
+        serde_json::to_string_pretty(&v).expect("a Value always serializes")
+    }
+}
+
+/// JSON string escaping into a buffer that must not reallocate. OEM strings are UTF-8 here:
+/// argv and flag strings are Rust strings, binary-form credentials are base64, and plain-form
+/// ones were chosen only for valid UTF-8.
+fn write_json_string(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    for &b in s {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0..=0x1f | 0x7f => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(b >> 4) as usize]);
+                out.push(HEX[(b & 0xf) as usize]);
+            }
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_option_handles_both_forms() {
+        let a: Vec<OsString> = ["--x", "1", "--api-socket", "p", "--api-socket=q", "--y"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let out = strip_option(&a, "--api-socket");
+        assert_eq!(out, vec!["--x", "1", "--y"]);
+    }
+
+    #[test]
+    fn json_escaping_round_trips_every_byte_of_utf8() {
+        let s = "a,\"[]\\\n\t\r\u{1}\u{7f}é😀";
+        let mut out = Vec::new();
+        write_json_string(&mut out, s.as_bytes());
+        let back: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn create_body_holds_strings_exactly_and_moves_fd_nets_out() {
+        let config = serde_json::json!({
+            "payload": {"kernel": "/k"},
+            "net": [{"tap": "t0"}, {"fds": [0, 1], "mac": "02:00:00:00:00:01"}],
+        });
+        let plan = CreatePlan::split(config).unwrap();
+        assert_eq!(plan.add_nets.len(), 1);
+        assert_eq!(plan.add_nets[0].1, vec![0, 1]);
+        assert!(plan.add_nets[0].0.get("fds").is_none());
+        let strings = vec![
+            OemString::public(
+                "io.systemd.credential:vmm.notify_socket=vsock-stream:2:8888",
+                Origin::Argv,
+            ),
+            OemString::public("x,\"[]\n\ty", Origin::Flag),
+        ];
+        let body = plan.body(&strings);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["net"], serde_json::json!([{"tap": "t0"}]));
+        assert_eq!(
+            v["platform"]["oem_strings"],
+            serde_json::json!([
+                "io.systemd.credential:vmm.notify_socket=vsock-stream:2:8888",
+                "x,\"[]\n\ty"
+            ])
+        );
+        assert_eq!(v["platform"]["num_pci_segments"], 1);
+    }
+}
