@@ -168,6 +168,7 @@ echo "== 5. the wrapper's argv"
 if [[ -f $work/rendered/myvm/cloud-hypervisor ]]; then
     fake=$work/fake
     mkdir -p "$fake"
+    # shellcheck disable=SC2016 # the fake's own $@ and $a
     printf '#!/bin/sh\nfor a in "$@"; do printf "%%s\\n" "$a"; done\n' >"$fake/credbridge"
     chmod +x "$fake/credbridge"
     store=$(nix_eval 'builtins.storeDir' | jq -r .)

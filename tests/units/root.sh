@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by tests/units/verify.sh and tests/nixos/check.sh: builds a root
 # tree for `systemd-analyze verify --root=`. Expects $binary (the file to
 # install as /usr/local/bin/credbridge).
@@ -11,6 +12,7 @@ new_root() {
     # Targets and services the units order against (sysinit.target,
     # network.target, systemd-networkd.service ...). /lib is /usr/lib on Debian.
     cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
+    # shellcheck disable=SC2154 # set by the sourcing script
     install -m 0755 "$binary" "$root/usr/local/bin/credbridge"
     install -m 0755 /bin/true "$root/usr/bin/cloud-hypervisor"
     local vm

@@ -38,6 +38,7 @@ command -v systemd-analyze >/dev/null || {
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+# shellcheck source=root.sh
 . "$here/root.sh"
 
 failed=0
