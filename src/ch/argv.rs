@@ -211,6 +211,8 @@ struct Parser {
     m: Matches,
     /// The option still collecting space-separated values, and how many it has so far.
     pending: Option<(usize, usize)>,
+    /// The option written most recently, for the hint on a stray argument.
+    last: Option<usize>,
 }
 
 impl Parser {
@@ -235,6 +237,7 @@ impl Parser {
                 self.m.order.push(idx);
             }
         }
+        self.last = Some(idx);
         Ok(())
     }
 
@@ -364,6 +367,7 @@ pub(crate) fn parse(args: &[OsString]) -> Result<Parsed, ArgvError> {
             ..Matches::default()
         },
         pending: None,
+        last: None,
     };
     for (i, token) in args.iter().enumerate() {
         let bytes = token.as_bytes();
@@ -387,12 +391,7 @@ pub(crate) fn parse(args: &[OsString]) -> Result<Parsed, ArgvError> {
             let Some((idx, count)) = p.pending else {
                 return Err(ArgvError::UnexpectedArgument {
                     arg: token.to_string_lossy().into_owned(),
-                    after: p
-                        .m
-                        .order
-                        .last()
-                        .and_then(|&idx| SPECS.get(idx))
-                        .map(Spec::display),
+                    after: p.last.and_then(|idx| SPECS.get(idx)).map(Spec::display),
                 });
             };
             let spec = SPECS
@@ -531,6 +530,24 @@ mod tests {
         for (list, want) in table {
             assert_eq!(error_option(list).as_deref(), *want, "{list:?}");
         }
+    }
+
+    #[test]
+    fn stray_argument_hint_names_the_option_before_it() {
+        let err = parse(&args(&[
+            "--kernel",
+            "k",
+            "--watchdog",
+            "--cpus",
+            "boot=1",
+            "x",
+        ]))
+        .err()
+        .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("unexpected argument `x` (after --cpus, which takes no further value)")
+        );
     }
 
     #[test]
