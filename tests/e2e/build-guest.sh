@@ -1,0 +1,356 @@
+#!/bin/bash
+# Build (or reuse) a minimal Debian guest for credbridge's end-to-end tests.
+#
+#   tests/e2e/build-guest.sh [--release bookworm|trixie] [--force]
+#
+# Result, in tests/e2e/.cache/<release>/:
+#   vmlinuz      the release's own Debian kernel (linux-image-amd64), bzImage
+#   vmlinux      the same kernel as an uncompressed ELF with its PVH entry note;
+#                QEMU boots it directly (-kernel), ~5 s faster under TCG
+#   initrd.img   the whole root file system as an uncompressed initramfs cpio;
+#                /init is the distribution's systemd, so systemd is PID 1 from the
+#                first instruction of user space and there is no switch_root
+#   info         key=value facts (kernel version, systemd version, dmi_sysfs mode, ...)
+#   key          hash of this script + release: a different key means rebuild
+#
+# The guest boots to e2e.target, whose one service prints a report of
+# /run/credentials/@system/ to the serial console (format: see README.md) and
+# powers the machine off.  Everything the guest needs is written by this
+# script, so its hash is the cache key.  Downloaded .debs are kept in
+# .cache/debs/<release>/ so that a rebuild after an edit needs no downloads.
+#
+# Needs root (debootstrap).  Installs its own tools with apt-get if missing.
+set -euo pipefail
+
+RELEASE=bookworm
+FORCE=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --release) RELEASE="$2"; shift 2 ;;
+        --release=*) RELEASE="${1#*=}"; shift ;;
+        --force) FORCE=1; shift ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "build-guest.sh: unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+case "$RELEASE" in
+    bookworm|trixie) ;;
+    *) echo "build-guest.sh: unsupported release '$RELEASE' (bookworm|trixie)" >&2; exit 2 ;;
+esac
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE_ROOT="$HERE/.cache"
+OUT="$CACHE_ROOT/$RELEASE"
+SELF="$HERE/build-guest.sh"
+KEY="$( (sha256sum <"$SELF"; echo "$RELEASE") | sha256sum | cut -c1-32)"
+
+log() { echo "build-guest[$RELEASE]: $*" >&2; }
+
+if [ "$FORCE" = 0 ] && [ -f "$OUT/key" ] && [ "$(cat "$OUT/key")" = "$KEY" ] \
+        && [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.img" ] && [ -s "$OUT/info" ]; then
+    log "cached guest is up to date: $OUT"
+    exit 0
+fi
+
+if [ "$(id -u)" != 0 ]; then
+    echo "build-guest.sh: must run as root (debootstrap)" >&2
+    exit 1
+fi
+
+T0=$(date +%s)
+
+# ---------------------------------------------------------------- host tools
+export DEBIAN_FRONTEND=noninteractive
+APT_LOCK=(-o DPkg::Lock::Timeout=600)
+need=()
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v cpio >/dev/null || need+=(cpio)
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+[ -s /usr/share/keyrings/debian-archive-trixie-stable.gpg ] || need+=(debian-archive-keyring)
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing host tools: ${need[*]}"
+    apt-get "${APT_LOCK[@]}" update -qq
+    apt-get "${APT_LOCK[@]}" install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# ---------------------------------------------------------------- mirror
+# The Debian mirror this machine's apt already uses (deb822 or one-line form).
+find_mirror() {
+    local f u
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        for u in $(awk -F': *' 'tolower($1)=="uris"{print $2}' "$f"); do
+            case "$u" in */debian|*/debian/) echo "${u%/}"; return ;; esac
+        done
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -f "$f" ] || continue
+        u=$(awk '$1=="deb"{for(i=2;i<=NF;i++) if ($i ~ /^(http|https|file):/) {print $i; exit}}' "$f" \
+            | grep -E '/debian/?$' | head -1 || true)
+        [ -n "$u" ] && { echo "${u%/}"; return; }
+    done
+    echo "http://deb.debian.org/debian"
+}
+MIRROR="${CREDBRIDGE_E2E_MIRROR:-$(find_mirror)}"
+log "mirror $MIRROR"
+
+# ---------------------------------------------------------------- work dir
+mkdir -p "$CACHE_ROOT" "$CACHE_ROOT/debs/$RELEASE"
+WORK="$(mktemp -d "$CACHE_ROOT/build-$RELEASE.XXXXXX")"
+cleanup() {
+    # debootstrap mounts proc/sys inside the target; never leave them behind and
+    # never let rm cross into a mount.
+    local m
+    for m in $(awk -v w="$WORK" 'index($2, w) == 1 {print $2}' /proc/self/mounts | sort -r); do
+        umount -l "$m" 2>/dev/null || true
+    done
+    rm -rf --one-file-system "$WORK"
+}
+trap cleanup EXIT
+ROOT="$WORK/root"
+
+# ---------------------------------------------------------------- rootfs
+# minbase + systemd as init.  No udev, no dbus, no getty: nothing the report
+# needs, and every unit costs seconds under TCG.
+log "debootstrap (minbase + systemd)"
+debootstrap --variant=minbase --include=systemd,systemd-sysv \
+    --cache-dir="$CACHE_ROOT/debs/$RELEASE" \
+    "$RELEASE" "$ROOT" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 || {
+        tail -30 "$WORK/debootstrap.log" >&2
+        [ -f "$ROOT/debootstrap/debootstrap.log" ] && tail -30 "$ROOT/debootstrap/debootstrap.log" >&2
+        exit 1
+    }
+
+# ---------------------------------------------------------------- kernel
+# The release's own kernel, fetched with the host's apt but private state dirs,
+# so the host's apt configuration is not touched.
+log "kernel"
+A="$WORK/apt"
+mkdir -p "$A/lists/partial" "$A/cache/archives/partial" "$A/etc/parts" "$A/etc/prefs" "$A/deb"
+: >"$A/status"
+echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR $RELEASE main" >"$A/etc/sources.list"
+APTO=(-o Dir::Etc::SourceList="$A/etc/sources.list" -o Dir::Etc::SourceParts="$A/etc/parts"
+      -o Dir::Etc::Preferences="$A/etc/prefs/none" -o Dir::Etc::PreferencesParts="$A/etc/prefs"
+      -o Dir::State::Lists="$A/lists" -o Dir::State::Status="$A/status"
+      -o Dir::Cache="$A/cache" -o Debug::NoLocking=1 -o APT::Sandbox::User=root
+      -o Acquire::Languages=none)
+apt-get "${APTO[@]}" -qq update
+KPKG="$(apt-cache "${APTO[@]}" depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')"
+[ -n "$KPKG" ] || { echo "build-guest.sh: cannot resolve linux-image-amd64 in $RELEASE" >&2; exit 1; }
+KDEB="$(ls "$CACHE_ROOT/debs/$RELEASE/${KPKG}_"*.deb 2>/dev/null | head -1 || true)"
+if [ -z "$KDEB" ]; then
+    (cd "$A/deb" && apt-get "${APTO[@]}" -qq download "$KPKG")
+    mv "$A/deb/${KPKG}_"*.deb "$CACHE_ROOT/debs/$RELEASE/"
+    KDEB="$(ls "$CACHE_ROOT/debs/$RELEASE/${KPKG}_"*.deb | head -1)"
+fi
+# keep only the newest kernel .deb in the download cache
+for old in "$CACHE_ROOT/debs/$RELEASE/"linux-image-*.deb; do
+    [ "$old" = "$KDEB" ] || rm -f "$old"
+done
+dpkg-deb -x "$KDEB" "$WORK/k"
+KMODS=""
+for d in "$WORK"/k/usr/lib/modules/* "$WORK"/k/lib/modules/*; do
+    [ -d "$d/kernel" ] && { KMODS="$d"; break; }
+done
+[ -n "$KMODS" ] || { echo "build-guest.sh: no modules directory in $KDEB" >&2; exit 1; }
+KVER="${KMODS##*/}"
+cp "$WORK/k/boot/vmlinuz-$KVER" "$WORK/vmlinuz"
+
+# Under TCG the bzImage's own xz decompression costs ~5 s.  The kernel is also
+# an ELF with a PVH entry note (CONFIG_PVH=y), which QEMU loads directly with
+# -kernel: extract it once here.  Falls back to the bzImage if that fails.
+extract_vmlinux() {
+    local img="$1" out="$2" magic tool off pair
+    for pair in 'fd377a585a00:xz -dc --single-stream' '28b52ffd:zstd -dcq' '1f8b0800:gzip -dc'; do
+        magic="${pair%%:*}"; tool="${pair#*:}"
+        off="$(perl -0777 -e '$m = pack("H*", shift); $_ = <STDIN>; print index($_, $m)' "$magic" <"$img" 2>/dev/null || echo -1)"
+        [ "$off" -ge 0 ] 2>/dev/null || continue
+        tail -c +$((off + 1)) "$img" | $tool >"$out" 2>/dev/null || true
+        if [ "$(head -c 4 "$out" | od -An -tx1 | tr -d ' ')" = "7f454c46" ]; then
+            # XEN_ELFNOTE_PHYS32_ENTRY (18) is the PVH entry point
+            if ! command -v readelf >/dev/null || readelf -n "$out" 2>/dev/null | grep -q '(0x00000012)'; then
+                return 0
+            fi
+        fi
+    done
+    rm -f "$out"
+    return 1
+}
+if extract_vmlinux "$WORK/vmlinuz" "$WORK/vmlinux"; then
+    KERNEL_BOOT=pvh
+else
+    log "no PVH vmlinux could be extracted; guests will boot the bzImage (slower)"
+    KERNEL_BOOT=bzimage
+fi
+
+# dmi_sysfs: systemd reads /sys/firmware/dmi/entries/11-*/raw when PID 1 imports
+# credentials, before udev exists.  Built in: nothing to do.  A module: put it
+# (and what it depends on) into the guest; PID 1's kmod_setup() loads
+# "dmi-sysfs" itself before importing credentials (systemd >= 252), and
+# /init below loads it too, so it is there whatever the systemd version.
+DMI_SYSFS="$(awk -F= '$1=="CONFIG_DMI_SYSFS"{print $2}' "$WORK/k/boot/config-$KVER")"
+DMI_SYSFS="${DMI_SYSFS:-n}"
+case "$DMI_SYSFS" in
+    y) ;;
+    m)
+        want="dmi-sysfs"
+        got=""
+        while [ -n "$want" ]; do
+            set -- $want; m="$1"; want="${want#"$m"}"; want="${want# }"
+            case " $got " in *" $m "*) continue ;; esac
+            f="$(find "$KMODS/kernel" -name "$m.ko*" -o -name "${m//-/_}.ko*" | head -1)"
+            [ -n "$f" ] || { echo "build-guest.sh: module $m not found" >&2; exit 1; }
+            rel="${f#"$KMODS/"}"
+            mkdir -p "$ROOT/usr/lib/modules/$KVER/$(dirname "$rel")"
+            cp "$f" "$ROOT/usr/lib/modules/$KVER/$rel"
+            got="$got $m"
+            deps="$(/sbin/modinfo -F depends "$f" | tr ',' ' ')"
+            want="$want $deps"
+        done
+        cp "$KMODS"/modules.order "$KMODS"/modules.builtin* "$ROOT/usr/lib/modules/$KVER/" 2>/dev/null || true
+        # usrmerge: /lib is a symlink to usr/lib in both releases
+        chroot "$ROOT" /sbin/depmod "$KVER" 2>/dev/null || /sbin/depmod -b "$ROOT/usr" "$KVER" || /sbin/depmod -b "$ROOT" "$KVER"
+        log "dmi_sysfs is a module; shipped:$got"
+        ;;
+    *) echo "build-guest.sh: kernel $KVER has no DMI_SYSFS ($DMI_SYSFS)" >&2; exit 1 ;;
+esac
+
+# ---------------------------------------------------------------- guest config
+log "configuring guest"
+# PID 1.  A tiny shell would cost a fork per module; instead /init loads the
+# module only when /sys/firmware/dmi/entries is missing, then execs systemd so
+# systemd keeps PID 1.
+cat >"$ROOT/init" <<'EOF'
+#!/bin/sh
+# credbridge e2e guest: make sure dmi_sysfs is there before systemd imports
+# credentials, then become systemd (same PID 1).
+if [ ! -d /sys/firmware/dmi/entries ]; then
+    mount -t proc proc /proc 2>/dev/null
+    mount -t sysfs sysfs /sys 2>/dev/null
+    [ -d /sys/firmware/dmi/entries ] || /sbin/modprobe dmi-sysfs 2>/dev/null || /sbin/modprobe dmi_sysfs
+    umount /sys /proc 2>/dev/null
+fi
+exec /lib/systemd/systemd "$@"
+EOF
+chmod 0755 "$ROOT/init"
+
+# Not a first boot (no machine-id generation, no preset-all), fixed id.
+echo "c0ffee00c0ffee00c0ffee00c0ffee00" >"$ROOT/etc/machine-id"
+echo "credbridge-e2e" >"$ROOT/etc/hostname"
+: >"$ROOT/etc/fstab"
+
+cat >"$ROOT/usr/local/sbin/credbridge-e2e-report" <<'EOF'
+#!/bin/bash
+# Report every credential PID 1 imported, between markers, on the serial console.
+# Line format (one credential per line, name last so it may contain spaces):
+#   CRED <size> <sha256> <base64 of content, or - if larger than 16384> <name>
+shopt -s nullglob dotglob
+D=/run/credentials/@system
+echo
+echo "CREDBRIDGE-E2E-BEGIN"
+echo "SYSTEMD $(systemctl --version | head -1)"
+echo "KERNEL $(uname -r)"
+echo "OS $(. /etc/os-release; echo "$PRETTY_NAME")"
+echo "UPTIME $(cut -d' ' -f1 /proc/uptime)"
+for e in /sys/firmware/dmi/entries/11-*; do
+    echo "DMI11 ${e##*/} length=$(cat "$e/length") raw=$(stat -c %s "$e/raw" 2>/dev/null || echo ?) rawbytes=$(wc -c <"$e/raw")"
+done
+n=0
+if [ -d "$D" ]; then
+    for f in "$D"/*; do
+        [ -f "$f" ] || continue
+        name="${f##*/}"
+        size=$(stat -c %s "$f")
+        sum=$(sha256sum <"$f" | cut -d' ' -f1)
+        if [ "$size" -le 16384 ]; then data=$(base64 -w0 <"$f"); [ -n "$data" ] || data="="; else data=-; fi
+        echo "CRED $size $sum $data $name"
+        n=$((n+1))
+    done
+    echo "CREDDIR $(stat -c '%a %U %F' "$D")"
+else
+    echo "CREDDIR missing"
+fi
+echo "COUNT $n"
+echo "CREDBRIDGE-E2E-END"
+EOF
+chmod 0755 "$ROOT/usr/local/sbin/credbridge-e2e-report"
+
+# The report runs as soon as PID 1 has set itself up: credentials are imported
+# by PID 1 before it starts any unit, so waiting for sysinit.target (journald,
+# tmpfiles, sysctl, ... : ~4 s under TCG) would test nothing more.
+cat >"$ROOT/etc/systemd/system/credbridge-e2e-report.service" <<'EOF'
+[Unit]
+Description=credbridge e2e: report imported credentials, then power off
+DefaultDependencies=no
+SuccessAction=poweroff-immediate
+FailureAction=poweroff-immediate
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/credbridge-e2e-report
+StandardOutput=tty
+StandardError=tty
+TTYPath=/dev/ttyS0
+TTYReset=no
+TTYVHangup=no
+EOF
+
+cat >"$ROOT/etc/systemd/system/e2e.target" <<'EOF'
+[Unit]
+Description=credbridge e2e
+DefaultDependencies=no
+Wants=credbridge-e2e-report.service
+AllowIsolate=yes
+EOF
+ln -sfn e2e.target "$ROOT/etc/systemd/system/default.target"
+
+# Generators cost a fork+exec each under TCG and produce nothing this guest
+# uses (no fstab, no gettys, no disks).
+rm -f "$ROOT"/usr/lib/systemd/system-generators/* "$ROOT"/lib/systemd/system-generators/* 2>/dev/null || true
+
+# Quiet PID 1: no status lines on the console unless something fails.
+mkdir -p "$ROOT/etc/systemd/system.conf.d"
+cat >"$ROOT/etc/systemd/system.conf.d/e2e.conf" <<'EOF'
+[Manager]
+ShowStatus=error
+DefaultTimeoutStartSec=60s
+EOF
+
+# ---------------------------------------------------------------- trim
+# Nothing here is used at boot; a smaller cpio unpacks faster.
+rm -rf "$ROOT"/usr/share/{doc,man,info,locale,i18n,lintian,bug} \
+       "$ROOT"/var/cache/apt/* "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/log/*.log \
+       "$ROOT"/debootstrap
+mkdir -p "$ROOT/usr/share/locale"
+
+# ---------------------------------------------------------------- initramfs
+log "packing initramfs"
+SYSTEMD_VER="$(chroot "$ROOT" dpkg-query -W -f='${Version}' systemd)"
+(cd "$ROOT" && find . -mindepth 1 -print0 | LC_ALL=C sort -z \
+    | cpio --null --create --format=newc --quiet) >"$WORK/initrd.img"
+
+{
+    echo "release=$RELEASE"
+    echo "kernel=$KVER"
+    echo "kernel_package=$(basename "$KDEB")"
+    echo "systemd=$SYSTEMD_VER"
+    echo "dmi_sysfs=$DMI_SYSFS"
+    echo "kernel_boot=$KERNEL_BOOT"
+    echo "initrd_bytes=$(stat -c %s "$WORK/initrd.img")"
+    echo "mirror=$MIRROR"
+    echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "build_seconds=$(( $(date +%s) - T0 ))"
+} >"$WORK/info"
+echo "$KEY" >"$WORK/key"
+
+mkdir -p "$OUT"
+rm -f "$OUT/key"   # invalid while files are being replaced
+mv -f "$WORK/vmlinuz" "$OUT/vmlinuz"
+rm -f "$OUT/vmlinux"
+if [ "$KERNEL_BOOT" = pvh ]; then mv -f "$WORK/vmlinux" "$OUT/vmlinux"; fi
+mv -f "$WORK/initrd.img" "$OUT/initrd.img"
+mv -f "$WORK/info" "$OUT/info"
+mv -f "$WORK/key" "$OUT/key"
+log "built in $(( $(date +%s) - T0 ))s: $OUT"
+cat "$OUT/info" >&2

@@ -1,0 +1,84 @@
+# Shared helpers for the credbridge e2e scripts.  Source it; it defines
+# functions and E2E_* variables only.
+
+E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+E2E_CACHE="$E2E_DIR/.cache"
+E2E_APPEND_DEFAULT="console=ttyS0 panic=-1 quiet"
+
+e2e_die() { echo "${E2E_PROG:-e2e}: $*" >&2; exit 1; }
+
+e2e_check_release() {
+    case "$1" in
+        bookworm|trixie) ;;
+        *) e2e_die "unsupported release '$1' (bookworm|trixie)" ;;
+    esac
+}
+
+# The cached guest of a release must exist (build-guest.sh makes it).
+e2e_guest_ready() {
+    local d="$E2E_CACHE/$1"
+    [ -s "$d/key" ] && [ -s "$d/initrd.img" ] && [ -s "$d/vmlinuz" ] && [ -s "$d/info" ]
+}
+
+# Kernel file to boot: the PVH ELF when the build extracted one.
+e2e_kernel() {
+    local d="$E2E_CACHE/$1"
+    if [ -s "$d/vmlinux" ]; then echo "$d/vmlinux"; else echo "$d/vmlinuz"; fi
+}
+
+# Accelerator: $CREDBRIDGE_E2E_ACCEL = kvm | tcg | auto (default).  auto uses KVM
+# only if a short probe boots the guest kernel under KVM (on nested KVM it often
+# hangs without printing anything); the answer is cached per host kernel and
+# QEMU version in .cache/accel.
+e2e_accel() {
+    local release="$1" want="${CREDBRIDGE_E2E_ACCEL:-auto}"
+    case "$want" in
+        kvm|tcg) echo "$want"; return ;;
+        auto) ;;
+        *) e2e_die "CREDBRIDGE_E2E_ACCEL must be kvm, tcg or auto, not '$want'" ;;
+    esac
+    if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then echo tcg; return; fi
+    local stamp qv cache="$E2E_CACHE/accel"
+    qv="$(qemu-system-x86_64 --version 2>/dev/null | head -1)"
+    stamp="$(uname -r) | $qv"
+    if [ -f "$cache" ] && [ "$(sed -n 1p "$cache")" = "$stamp" ]; then
+        sed -n 2p "$cache"; return
+    fi
+    local log result=tcg
+    log="$(mktemp)"
+    # The kernel alone, no initramfs: it panics at once ("unable to mount root")
+    # and panic=-1 + -no-reboot makes QEMU exit.  Working KVM does this in ~1 s.
+    if timeout --kill-after=2 15 qemu-system-x86_64 -machine pc -accel kvm -cpu host -m 256M \
+            -nodefaults -display none -no-reboot -serial "file:$log" \
+            -kernel "$(e2e_kernel "$release")" -append "console=ttyS0 panic=-1" \
+            </dev/null >/dev/null 2>&1 && grep -q 'Kernel panic' "$log"; then
+        result=kvm
+    fi
+    rm -f "$log"
+    mkdir -p "$E2E_CACHE"
+    printf '%s\n%s\n' "$stamp" "$result" >"$cache"
+    echo "KVM probe: $result" >&2
+    echo "$result"
+}
+
+# Fill the array E2E_ARGS with the QEMU arguments that boot the cached guest.
+#   e2e_qemu_args RELEASE ACCEL SERIAL [EXTRA_APPEND]
+# SERIAL is a QEMU chardev spec: stdio, file:PATH, ...
+e2e_qemu_args() {
+    local release="$1" accel="$2" serial="$3" extra="${4:-}" d="$E2E_CACHE/$1"
+    local append="$E2E_APPEND_DEFAULT${extra:+ $extra}"
+    E2E_ARGS=(-machine pc -accel "$accel")
+    if [ "$accel" = kvm ]; then E2E_ARGS+=(-cpu host); fi
+    E2E_ARGS+=(-m 512M -smp 1 -nodefaults -display none -no-reboot
+               -kernel "$(e2e_kernel "$release")" -initrd "$d/initrd.img"
+               -append "$append" -serial "$serial")
+}
+
+# Print the report lines (between the markers, without them) of a serial log.
+e2e_report() {
+    tr -d '\r' <"$1" | awk '
+        /^CREDBRIDGE-E2E-BEGIN$/ { on = 1; seen = 1; next }
+        /^CREDBRIDGE-E2E-END$/   { on = 0; done = 1; next }
+        on { print }
+        END { exit(done ? 0 : 1) }'
+}
