@@ -1,0 +1,99 @@
+//! Socket activation under `systemd-socket-activate`, as a `.socket` unit with
+//! `FileDescriptorName=api` would hand the API socket over (issues #2 and #3).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+const T: Duration = Duration::from_secs(10);
+
+fn activate(rig: &Rig, sock: &Path) -> Child {
+    let inner = rig.command("run", &[], &[]);
+    let args = rig.vm_args();
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.arg("-l")
+        .arg(sock)
+        .arg("--fdname=api")
+        .args(["-E", "NOTIFY_SOCKET", "-E", "CREDENTIALS_DIRECTORY"])
+        .args([
+            "-E",
+            "FAKE_CH_RECORD_DIR",
+            "-E",
+            "RUNTIME_DIRECTORY",
+            "-E",
+            "PATH",
+        ])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .args(&args)
+        .current_dir(rig.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    cmd.spawn().expect("systemd-socket-activate is installed")
+}
+
+/// One HTTP request on the socket; with Accept=no the first connection also starts the service.
+fn get(sock: &Path, path: &str) -> String {
+    // systemd-socket-activate binds before it listens: retry a refused connect briefly.
+    let mut conn = None;
+    wait_until(T, || {
+        conn = UnixStream::connect(sock).ok();
+        conn.is_some()
+    });
+    let mut s = conn.expect("connect to the activated socket");
+    s.set_read_timeout(Some(T)).unwrap();
+    write!(
+        s,
+        "GET /api/v1/{path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn socket_activated_api_socket_is_used_and_survives_restarts() {
+    let mut rig = Rig::new();
+    rig.add_credential("k", b"activation-secret");
+    let sock = rig.path("api.sock");
+    for round in 0..2 {
+        let mut child = activate(&rig, &sock);
+        assert!(wait_until(T, || sock.exists()), "socket bound");
+        // The triggering connection is queued on the listening socket and answered by the
+        // hypervisor once it runs: the socket works before the VM does.
+        let ping = get(&sock, "vmm.ping");
+        assert!(ping.starts_with("HTTP/1.1 200"), "round {round}: {ping}");
+        rig.notify.wait_for("READY=1", T).expect("READY=1");
+        let info = get(&sock, "vm.info");
+        assert!(
+            info.contains("io.systemd.credential:k=activation-secret"),
+            "{info}"
+        );
+        // The hypervisor got the activated socket, not one of credbridge's.
+        let argv = rig.read_record_json("argv.json").to_string();
+        assert!(argv.contains("fd=3"), "{argv}");
+        assert!(!rig.path(&format!("api.{}", child.id())).exists());
+        signal(&child, Signal::SIGTERM);
+        assert_eq!(wait_exit(&mut child, T).code(), Some(0), "round {round}");
+        assert!(
+            sock.exists(),
+            "the activated socket belongs to the socket unit and stays"
+        );
+        rig.notify.seen.clear();
+        std::fs::remove_file(rig.record_file("pid")).unwrap();
+    }
+}
