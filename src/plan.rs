@@ -348,7 +348,15 @@ impl Plan {
     /// The hypervisor's arguments (after argv[0]).
     pub fn child_args(&self, fds: &FdNames) -> Result<ChildArgs, PlanError> {
         let mut args = match self.delivery {
-            Delivery::Api => strip_option(&self.ch.vmm_argv, "--api-socket"),
+            Delivery::Api => {
+                // vmm_argv keeps one `-v` however many were given; the count is restored here.
+                let mut a: Vec<OsString> = strip_option(&self.ch.vmm_argv, "--api-socket")
+                    .into_iter()
+                    .filter(|a| a != "-v")
+                    .collect();
+                a.extend((0..self.ch.verbosity).map(|_| OsString::from("-v")));
+                a
+            }
             Delivery::Argv => {
                 let extra: Vec<&str> = self
                     .strings

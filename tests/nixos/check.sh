@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/nixos/check.sh [--update]
 #
-# Offline checks of nixos/, flake.nix and the example in nixos/README.md,
+# Offline checks of nixos/, flake.nix and the example in README.md,
 # without nixpkgs:
 #   1. `nix-instantiate --parse` on every .nix file of the repository.
 #   2. Evaluates nixos/module.nix for tests/nixos/example-host.nix with a stub
@@ -15,7 +15,7 @@
 #      on any output line.
 #   5. Runs the rendered cloud-hypervisor wrapper against a fake credbridge and
 #      checks the argv credbridge would get, quoting included.
-#   6. The example block in nixos/README.md is example-host.nix, verbatim,
+#   6. The example block in README.md is example-host.nix, verbatim,
 #      and every nix block there parses.
 # With NIXPKGS_LIB=/path/to/nixpkgs/lib (a local copy; nothing is fetched),
 # steps 2 and 3 run again with the real module system (tests/nixos/real-eval.nix)
@@ -192,16 +192,16 @@ else
     fail "no rendered wrapper"
 fi
 
-echo "== 6. nixos/README.md shows example-host.nix verbatim"
+echo "== 6. README.md shows example-host.nix verbatim"
 # The block is the ```nix fence right after the line naming the file.
 block=$(awk '/<!-- begin: tests\/nixos\/example-host.nix -->/{on=1; next}
              on && /^```nix$/ {inblock=1; next}
              inblock && /^```$/ {exit}
-             inblock {print}' "$repo/nixos/README.md")
+             inblock {print}' "$repo/README.md")
 if [[ -n $block ]] && diff <(printf '%s\n' "$block") "$here/example-host.nix"; then
     echo "ok: README example is tests/nixos/example-host.nix"
 else
-    fail "nixos/README.md's example differs from tests/nixos/example-host.nix (or is missing)"
+    fail "README.md's example differs from tests/nixos/example-host.nix (or is missing)"
 fi
 
 # Every other nix block of the README must at least parse.
@@ -210,12 +210,12 @@ while IFS= read -r -d '' snippet; do
     n=$((n + 1))
     if ! out=$(nix-instantiate --parse - <<<"$snippet" 2>&1 >/dev/null); then
         printf '%s\n%s\n' "$snippet" "$out"
-        fail "nixos/README.md nix block $n does not parse"
+        fail "README.md nix block $n does not parse"
     fi
 done < <(awk '/^ *```nix$/ {on=1; buf=""; next}
              on && /^ *```$/ {on=0; printf "%s%c", buf, 0; next}
-             on {buf = buf $0 "\n"}' "$repo/nixos/README.md")
-echo "ok: $n nix blocks in nixos/README.md parse"
+             on {buf = buf $0 "\n"}' "$repo/README.md")
+echo "ok: $n nix blocks in README.md parse"
 
 if [[ $failed -ne 0 ]]; then
     echo "check.sh: $failed check(s) failed"
