@@ -1,0 +1,196 @@
+#!/bin/bash
+# Smoke test of the e2e guest with plain QEMU (no credbridge): pass credentials
+# as SMBIOS type 11 strings and check that the guest's systemd imported
+# exactly the host's bytes into /run/credentials/@system/.
+#
+#   tests/e2e/smoke-plain-qemu.sh [--release bookworm|trixie]... [--no-4k]
+#
+# Default release: bookworm.  Builds the guest if needed (build-guest.sh).
+# Prints one PASS/FAIL line per check and "N passed, N failed" at the end;
+# exits 1 if anything failed.
+#
+# Boot 1 (all in one type 11 entry, well under 4 KiB):
+#   ascii.path   plain ASCII, -smbios type=11,path=FILE
+#   ascii.value  plain ASCII, -smbios type=11,value=STR
+#   comma.value  value= with doubled commas (QEMU's escaping) and '='
+#   allbytes     every byte 0x00-0xff, binary form (base64), path=
+#   special      , " [ ] = and newlines (incl. a trailing one), plain form, path=
+#   <255 bytes>  a name at the 255-byte limit
+#   <256 bytes>  a name one byte over: must NOT be imported
+# Boot 2 (the 4 KiB demonstration): one entry whose strings total > 4096
+# bytes: 'big' (5000-byte value) then 'after'.  systemd < 257 reads only the
+# first 4096 bytes of the entry: 'big' arrives cut (or not at all) and 'after'
+# is lost; systemd >= 257 imports both whole.  The check expects the behaviour
+# of the guest's systemd version.
+set -uo pipefail
+E2E_PROG=smoke-plain-qemu.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+RELEASES=() FOURK=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --release) RELEASES+=("$2"); shift 2 ;;
+        --no-4k) FOURK=0; shift ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        *) e2e_die "unknown argument: $1" ;;
+    esac
+done
+[ ${#RELEASES[@]} -gt 0 ] || RELEASES=(bookworm)
+for r in "${RELEASES[@]}"; do e2e_check_release "$r"; done
+
+PASS=0 FAIL=0
+pass() { echo "PASS: $*"; PASS=$((PASS + 1)); }
+fail() { echo "FAIL: $*"; FAIL=$((FAIL + 1)); }
+
+W="$(mktemp -d /tmp/credbridge-e2e-smoke.XXXXXX)"
+trap 'rm -rf "$W"' EXIT
+
+# ---------------------------------------------------------------- inputs
+# $W/exp/<name> holds the bytes the guest must end up with.
+mkdir -p "$W/exp" "$W/in"
+expect() { printf '%s' "$2" >"$W/exp/$1"; }
+
+expect ascii.path 'Hello world: plain ASCII 0123456789 ~!@#$%^&*()_+{}|;<>?'
+printf 'io.systemd.credential:ascii.path=%s' "$(cat "$W/exp/ascii.path")" >"$W/in/ascii.path"
+
+expect ascii.value 'plain ASCII via value= with spaces'
+expect comma.value 'a,b,c=d'
+
+perl -e 'print map { chr } 0 .. 255' >"$W/exp/allbytes"
+printf 'io.systemd.credential.binary:allbytes=%s' "$(base64 -w0 <"$W/exp/allbytes")" >"$W/in/allbytes"
+
+printf 'a,b "double quoted" [bracket] [x]=y\nsecond line, with comma\n\n=last=line=\n' >"$W/exp/special"
+{ printf 'io.systemd.credential:special='; cat "$W/exp/special"; } >"$W/in/special"
+
+NAME255="$(printf 'N%.0s' $(seq 1 127))$(printf 'x.%.0s' $(seq 1 63))$(printf '_-%.0s' $(seq 1 32))"
+NAME255="${NAME255:0:255}"
+NAME256="${NAME255}Z"
+[ ${#NAME255} = 255 ] && [ ${#NAME256} = 256 ] || e2e_die "bad name lengths"
+expect "$NAME255" 'name at the 255-byte limit'
+printf 'io.systemd.credential:%s=%s' "$NAME255" 'name at the 255-byte limit' >"$W/in/name255"
+printf 'io.systemd.credential:%s=%s' "$NAME256" 'must not be imported' >"$W/in/name256"
+
+for f in "$W"/in/*; do
+    if tr -d '\000' <"$f" | cmp -s - "$f"; then :; else e2e_die "$f contains NUL (QEMU refuses that)"; fi
+done
+
+BOOT1=(-smbios "type=11,path=$W/in/ascii.path"
+       -smbios "type=11,value=io.systemd.credential:ascii.value=$(cat "$W/exp/ascii.value")"
+       -smbios "type=11,value=io.systemd.credential:comma.value=a,,b,,c=d"
+       -smbios "type=11,path=$W/in/allbytes"
+       -smbios "type=11,path=$W/in/special"
+       -smbios "type=11,path=$W/in/name255"
+       -smbios "type=11,path=$W/in/name256")
+BOOT1_NAMES=(ascii.path ascii.value comma.value allbytes special "$NAME255")
+
+# 4 KiB demonstration
+mkdir -p "$W/exp4"
+perl -e 'my $s = ""; $s .= sprintf("%04d:0123456789abcdef|", $_) for 0 .. 500; print substr($s, 0, 4997), "END"' >"$W/exp4/big"
+printf 'io.systemd.credential:big=' >"$W/in/big"; cat "$W/exp4/big" >>"$W/in/big"
+printf 'still-here' >"$W/exp4/after"
+BOOT2=(-smbios "type=11,path=$W/in/big" -smbios "type=11,value=io.systemd.credential:after=still-here")
+
+# ---------------------------------------------------------------- helpers
+# Look a credential up in a report file: sets C_SIZE C_SUM C_DATA, or fails.
+find_cred() {
+    local rep="$1" want="$2" tag size sum data name
+    while read -r tag size sum data name; do
+        if [ "$tag" = CRED ] && [ "$name" = "$want" ]; then
+            C_SIZE="$size" C_SUM="$sum" C_DATA="$data"
+            return 0
+        fi
+    done <"$rep"
+    return 1
+}
+
+short() { local n="$1"; if [ ${#n} -gt 40 ]; then echo "${n:0:20}...(${#n} bytes)"; else echo "$n"; fi; }
+
+# Compare one credential of a report with the expected bytes.
+check_cred() {
+    local r="$1" rep="$2" name="$3" exp="$4" label
+    label="$r: $(short "$name")"
+    if ! find_cred "$rep" "$name"; then
+        fail "$label: not imported"
+        return
+    fi
+    local esize esum
+    esize="$(stat -c %s "$exp")"
+    esum="$(sha256sum <"$exp" | cut -d' ' -f1)"
+    if [ "$C_SIZE" = "$esize" ] && [ "$C_SUM" = "$esum" ] \
+            && { [ "$C_DATA" = - ] || printf '%s' "$C_DATA" | base64 -d 2>/dev/null | cmp -s - "$exp"; }; then
+        pass "$label: $esize bytes identical"
+    else
+        fail "$label: got $C_SIZE bytes sha256 $C_SUM, want $esize bytes sha256 $esum"
+    fi
+}
+
+boot() { # release report-file qemu-args...
+    local r="$1" rep="$2"; shift 2
+    local t0 t1
+    t0=$(date +%s.%N)
+    "$E2E_DIR/boot-guest.sh" --release "$r" --log "$W/serial-$r.log" -- "$@" >"$rep" 2>"$W/boot.err"
+    local rc=$?
+    t1=$(date +%s.%N)
+    BOOT_SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+    grep -v '^build-guest' "$W/boot.err" >&2 || true
+    return $rc
+}
+
+# ---------------------------------------------------------------- run
+for r in "${RELEASES[@]}"; do
+    tb=$(date +%s.%N)
+    if ! "$E2E_DIR/build-guest.sh" --release "$r"; then
+        fail "$r: guest build"
+        continue
+    fi
+    echo "# $r: guest ready after $(awk -v a="$tb" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')s ($(tr '\n' ' ' <"$E2E_CACHE/$r/info" | sed 's/mirror=[^ ]* //'))"
+
+    rep="$W/report-$r-1"
+    if ! boot "$r" "$rep" "${BOOT1[@]}"; then
+        fail "$r: boot 1 gave no report"
+        continue
+    fi
+    pass "$r: boot 1 reported in ${BOOT_SECS}s ($(sed -n 's/^SYSTEMD //p' "$rep"), $(sed -n 's/^KERNEL //p' "$rep"))"
+    for n in "${BOOT1_NAMES[@]}"; do check_cred "$r" "$rep" "$n" "$W/exp/$n"; done
+    if find_cred "$rep" "$NAME256"; then
+        fail "$r: 256-byte name was imported"
+    else
+        pass "$r: 256-byte name rejected"
+    fi
+    count="$(sed -n 's/^COUNT //p' "$rep")"
+    if [ "$count" = "${#BOOT1_NAMES[@]}" ]; then
+        pass "$r: exactly ${#BOOT1_NAMES[@]} credentials imported"
+    else
+        fail "$r: $count credentials imported, want ${#BOOT1_NAMES[@]}"
+        grep '^CRED' "$rep" | cut -c1-200 >&2
+    fi
+
+    [ "$FOURK" = 1 ] || continue
+    rep="$W/report-$r-2"
+    if ! boot "$r" "$rep" "${BOOT2[@]}"; then
+        fail "$r: boot 2 (4 KiB) gave no report"
+        continue
+    fi
+    ver="$(sed -n 's/^SYSTEMD systemd \([0-9]*\).*/\1/p' "$rep")"
+    entries="$(grep '^DMI11 ' "$rep" | cut -d' ' -f2- | tr '\n' ';')"
+    bigsize=missing aftersize=missing
+    if find_cred "$rep" big; then bigsize="$C_SIZE"; fi
+    if find_cred "$rep" after; then aftersize="$C_SIZE"; fi
+    summary="big: $bigsize of $(stat -c %s "$W/exp4/big") bytes, after: $aftersize; entries: $entries"
+    if [ -z "$ver" ]; then
+        fail "$r: 4 KiB: no systemd version in the report"
+    elif [ "$ver" -lt 257 ]; then
+        if [ "$bigsize" != 5000 ] && [ "$aftersize" = missing ]; then
+            pass "$r: 4 KiB: systemd $ver cut the entry as expected ($summary)"
+        else
+            fail "$r: 4 KiB: systemd $ver, expected a cut ($summary)"
+        fi
+    else
+        check_cred "$r" "$rep" big "$W/exp4/big"
+        check_cred "$r" "$rep" after "$W/exp4/after"
+        echo "# $r: 4 KiB: systemd $ver ($summary)"
+    fi
+done
+
+echo "$PASS passed, $FAIL failed"
+[ "$FAIL" = 0 ]
