@@ -8,6 +8,7 @@ pub mod ch;
 pub mod cli;
 pub mod credentials;
 pub mod events;
+pub mod guestnotify;
 pub mod hostenv;
 pub mod logging;
 pub mod notify;

@@ -35,9 +35,21 @@ pub enum PlanError {
     )]
     QemuUnsupported,
     #[error(
-        "--ready guest is not available in this version of credbridge\nhint: use --ready booted"
+        "--ready guest needs a vsock device for the guest's notifications, and the argv has no --vsock\nhint: pass --vsock-cid CID (credbridge adds the device), or add --vsock cid=CID,socket=PATH to the argv"
     )]
-    GuestReadyUnsupported,
+    NoVsock,
+    #[error(
+        "{subject} says {value:?}; credbridge relays only vsock-stream:2:PORT, the form cloud-hypervisor's stream-only vsock carries\nhint: use io.systemd.credential:vmm.notify_socket=vsock-stream:2:PORT, or drop it and let credbridge add it (--notify-port)"
+    )]
+    NotifySocketForm { subject: String, value: String },
+    #[error(
+        "--vsock-cid {0} is reserved (0, 1, 2 and 4294967295 are not guest CIDs)\nhint: use a CID of 3 or more, unique on this host"
+    )]
+    BadCid(u32),
+    #[error(
+        "the vsock socket path {0:?} contains characters the argv grammar cannot carry\nhint: set RUNTIME_DIRECTORY= to a plain path, or use --delivery api"
+    )]
+    VsockPath(String),
     #[error(
         "the hypervisor argv has no --kernel or --firmware, so there is no VM to give the credentials to\nhint: pass the complete cloud-hypervisor command line after `--`"
     )]
@@ -100,9 +112,20 @@ pub struct Plan {
     pub own_event_monitor: bool,
     pub create: Option<CreatePlan>,
     pub ready: Ready,
+    /// `--ready guest`: where the guest's notifications arrive.
+    pub guest_notify: Option<GuestNotifyPlan>,
+    /// `--vsock-cid`: the vsock device credbridge adds (cid, socket path).
+    pub add_vsock: Option<(u32, PathBuf)>,
     pub ready_timeout: Option<Duration>,
     pub stop_timeout: Duration,
     pub warnings: Vec<String>,
+}
+
+pub struct GuestNotifyPlan {
+    /// `<vsock socket>_<port>`: cloud-hypervisor connects here for a guest connection to
+    /// host CID 2, port `port`.
+    pub listen_path: PathBuf,
+    pub port: u32,
 }
 
 /// `fd=` placeholders for `render`, real numbers for `run`.
@@ -198,9 +221,6 @@ impl Plan {
         if kind == HypervisorKind::Qemu {
             return Err(PlanError::QemuUnsupported);
         }
-        if args.ready == Ready::Guest {
-            return Err(PlanError::GuestReadyUnsupported);
-        }
         // The argv is checked before the credentials are read, so a typo in the hypervisor's
         // command line is reported even when the secrets are fine.
         let parsed = ch::parse_argv(user_args)?;
@@ -233,6 +253,11 @@ impl Plan {
                 .map(|c| OemString::from_credential(c, plain_ok)),
         );
         drop(creds);
+
+        let (guest_notify, add_vsock) = Self::guest_notify(args, env, &parsed, &mut strings)?;
+        if args.vsock_cid.is_some() && add_vsock.is_none() {
+            warnings.push("--vsock-cid is ignored: the argv has its own --vsock".into());
+        }
 
         let ceiling =
             oem::CH_STRINGS_CEILING.saturating_sub(system_strings_len(parsed.vm_config.as_ref()));
@@ -301,7 +326,14 @@ impl Plan {
                         .into(),
                 );
             }
-            let config = parsed.vm_config.clone().ok_or(PlanError::NoVm)?;
+            let mut config = parsed.vm_config.clone().ok_or(PlanError::NoVm)?;
+            if let Some((cid, path)) = &add_vsock {
+                config["vsock"] = serde_json::json!({
+                    "pci_segment": 0,
+                    "cid": cid,
+                    "socket": path.to_string_lossy(),
+                });
+            }
             Some(CreatePlan::split(config)?)
         } else {
             None
@@ -335,10 +367,95 @@ impl Plan {
             api_source,
             create,
             ready: args.ready,
+            guest_notify,
+            add_vsock,
             ready_timeout: args.ready_timeout,
             stop_timeout: args.stop_timeout,
             warnings,
         })
+    }
+
+    /// `--ready guest` and `--vsock-cid`: the vsock device, the notify port, and the
+    /// `vmm.notify_socket` string the guest needs (added when the argv has none).
+    #[allow(clippy::type_complexity)]
+    fn guest_notify(
+        args: &RunArgs,
+        env: &HostEnv,
+        parsed: &ChArgv,
+        strings: &mut Vec<OemString>,
+    ) -> Result<(Option<GuestNotifyPlan>, Option<(u32, PathBuf)>), PlanError> {
+        let argv_vsock = parsed
+            .vm_config
+            .as_ref()
+            .and_then(|c| c.pointer("/vsock/socket"))
+            .and_then(Value::as_str)
+            .map(PathBuf::from);
+        let add_vsock = match (&argv_vsock, args.vsock_cid) {
+            (None, Some(cid)) => {
+                if matches!(cid, 0..=2 | u32::MAX) {
+                    return Err(PlanError::BadCid(cid));
+                }
+                // Like microvm.nix's `notify.vsock` in the VM's directory, but in the unit's
+                // runtime directory when it has one.
+                let path = env
+                    .runtime_directory()
+                    .map(|d| d.join("notify.vsock"))
+                    .unwrap_or_else(|| PathBuf::from("notify.vsock"));
+                if args.delivery == Delivery::Argv
+                    && path.to_string_lossy().contains([',', '"', '[', ']'])
+                {
+                    return Err(PlanError::VsockPath(path.to_string_lossy().into_owned()));
+                }
+                Some((cid, path))
+            }
+            _ => None,
+        };
+        if args.ready != Ready::Guest {
+            return Ok((None, add_vsock));
+        }
+        let vsock_socket = argv_vsock
+            .or_else(|| add_vsock.as_ref().map(|(_, p)| p.clone()))
+            .ok_or(PlanError::NoVsock)?;
+        let existing = strings
+            .iter()
+            .find(|s| s.guest_name.as_deref() == Some("vmm.notify_socket"));
+        let port = match existing {
+            Some(s) => {
+                let text = String::from_utf8_lossy(s.expose()).into_owned();
+                let value = text.split_once('=').map(|(_, v)| v).unwrap_or("");
+                // A binary-form string would need decoding; the plain form is what
+                // microvm.nix and credbridge write.
+                crate::guestnotify::port_of(value).ok_or_else(|| PlanError::NotifySocketForm {
+                    subject: s.subject(),
+                    value: value.to_owned(),
+                })?
+            }
+            None => {
+                let port = args.notify_port;
+                // Before the credentials, so that it lands in the first 4 KiB old guests read.
+                let at = strings
+                    .iter()
+                    .position(|s| s.is_secret())
+                    .unwrap_or(strings.len());
+                strings.insert(
+                    at,
+                    OemString::public(
+                        &format!("io.systemd.credential:vmm.notify_socket=vsock-stream:2:{port}"),
+                        Origin::Credbridge,
+                    ),
+                );
+                port
+            }
+        };
+        let mut listen = vsock_socket.into_os_string();
+        listen.push(format!("_{port}"));
+        Ok((
+            Some(GuestNotifyPlan {
+                listen_path: PathBuf::from(listen),
+                port,
+            }),
+            add_vsock,
+        ))
     }
 
     pub fn entry_size(&self) -> usize {
@@ -369,6 +486,12 @@ impl Plan {
                 ch::rewrite_platform(&stripped, &extra)?
             }
         };
+        if let (Delivery::Argv, Some((cid, path))) = (self.delivery, &self.add_vsock) {
+            args.push("--vsock".into());
+            let mut v = OsString::from(format!("cid={cid},socket="));
+            v.push(path);
+            args.push(v);
+        }
         args.push("--api-socket".into());
         args.push(format!("fd={}", fds.api).into());
         if let Some(ev) = &fds.events {

@@ -20,6 +20,7 @@ use crate::apiclient::{ApiClient, ApiError};
 use crate::apisocket::{ApiSocket, ApiSocketError};
 use crate::cli::{Delivery, Ready};
 use crate::events::EventParser;
+use crate::guestnotify::{self, GuestMessage, Listener};
 use crate::hostenv::HostEnv;
 use crate::notify::Notifier;
 use crate::plan::{ApiSource, FdNames, Plan, PlanError};
@@ -30,6 +31,9 @@ const KILL_AFTER: Duration = Duration::from_secs(10);
 /// vm.create and vm.boot may prefault guest memory; be generous.
 const BOOT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const SHORT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Each guest STATUS before readiness extends systemd's start timeout by this much: a guest
+/// that keeps reporting progress is not timed out, one that falls silent is.
+const GUEST_PROGRESS_EXTENSION: Duration = Duration::from_secs(30);
 /// How long a failed API exchange waits for the hypervisor's exit to explain it.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// How often `vm.info` is polled when the argv keeps its own event monitor.
@@ -52,6 +56,8 @@ pub enum SuperviseError {
     },
     #[error("cannot wait for the hypervisor: {0}")]
     Wait(std::io::Error),
+    #[error(transparent)]
+    GuestNotify(#[from] guestnotify::GuestNotifyError),
 }
 
 /// How the hypervisor ended.
@@ -184,6 +190,30 @@ impl<'a> Supervisor<'a> {
         keep.extend(events_tx.as_ref().map(OwnedFd::as_raw_fd));
         keep.extend(plan.inherited_fds_for_child());
 
+        if let Some((_, path)) = &plan.add_vsock {
+            // cloud-hypervisor binds the vsock socket itself and fails on a leftover one.
+            remove_stale_socket(path);
+        }
+        let mut guest = match &plan.guest_notify {
+            Some(g) => match Listener::bind(&g.listen_path)? {
+                Listener::Ours(l, p) => {
+                    tracing::info!("listening for the guest's notifications on {}", p.display());
+                    Some(GuestRelay::new(l, p))
+                }
+                Listener::Foreign(p) => {
+                    let msg = format!(
+                        "{} is served by another process (microvm.nix's notify relay?); leaving guest readiness to it, which needs NotifyAccess=all",
+                        p.display()
+                    );
+                    tracing::warn!("{msg}");
+                    notify.status(&msg);
+                    None
+                }
+            },
+            None => None,
+        };
+        let foreign_relay = plan.guest_notify.is_some() && guest.is_none();
+
         let n = plan.credential_count;
         let status = format!(
             "Starting {} with {n} credential{} ({} delivery)",
@@ -266,7 +296,13 @@ impl<'a> Supervisor<'a> {
             sup.become_ready("hypervisor started");
         }
 
-        let ready_deadline = sup.plan.ready_timeout.map(|d| Instant::now() + d);
+        // With a foreign relay, readiness is not ours to time.
+        let mut ready_deadline = sup
+            .plan
+            .ready_timeout
+            .filter(|_| !foreign_relay)
+            .map(|d| Instant::now() + d);
+        let (guest_tx, mut guest_rx) = tokio::sync::mpsc::unbounded_channel();
         let watchdog_half = env.watchdog_usec().map(|u| Duration::from_micros(u / 2));
         let mut watchdog =
             watchdog_half.map(|p| tokio::time::interval(p.max(Duration::from_millis(1))));
@@ -348,6 +384,7 @@ impl<'a> Supervisor<'a> {
                     sup.escalate_to(next);
                 },
                 _ = sleep_until(if sup.ready { None } else { ready_deadline }) => {
+                    ready_deadline = None;
                     let t = sup.plan.ready_timeout.unwrap_or_default();
                     sup.fail(format!("the VM was not ready within {t:?} (--ready-timeout); stopping it"));
                     sup.request_stop();
@@ -386,6 +423,23 @@ impl<'a> Supervisor<'a> {
                         _ => if !sup.booted { info_next = Some(Instant::now() + INFO_POLL) },
                     }
                 },
+                conn = async { match guest.as_ref() { Some(g) => g.listener.accept().await, None => pending().await } } => {
+                    match conn {
+                        Ok((stream, _)) => {
+                            let tx = guest_tx.clone();
+                            // Each connection is read and closed on its own, so a slow or silent
+                            // guest connection never holds up the others or the supervisor.
+                            tokio::spawn(async move {
+                                let _ = tx.send(guestnotify::read_one(stream).await);
+                            });
+                        }
+                        Err(e) => tracing::warn!("accepting a guest notification failed: {e}"),
+                    }
+                },
+                Some(msg) = guest_rx.recv() => match msg {
+                    Ok(bytes) => sup.on_guest_message(&guestnotify::parse(&bytes)),
+                    Err(e) => tracing::debug!("guest notification connection: {e}"),
+                },
                 _ = signals.term.recv() => sup.on_stop_signal("SIGTERM"),
                 _ = signals.int.recv() => sup.on_stop_signal("SIGINT"),
                 _ = signals.hup.recv() => {
@@ -393,7 +447,33 @@ impl<'a> Supervisor<'a> {
                 },
             }
         };
+        if let Some(g) = guest.take() {
+            let _ = std::fs::remove_file(&g.path);
+        }
         Ok(sup.finish(status))
+    }
+
+    fn on_guest_message(&mut self, m: &GuestMessage) {
+        if let Some(status) = &m.status {
+            tracing::info!("guest: {status}");
+            self.notify.status(&format!("guest: {status}"));
+            if !self.ready && self.stop == Stop::Running {
+                self.notify
+                    .extend_timeout(GUEST_PROGRESS_EXTENSION.as_micros() as u64);
+            }
+        }
+        if m.stopping {
+            tracing::info!("the guest is stopping");
+        }
+        if let Some(e) = &m.errno {
+            tracing::warn!("the guest reported ERRNO={e}");
+        }
+        if let Some(e) = &m.exit_status {
+            tracing::info!("the guest reported EXIT_STATUS={e}");
+        }
+        if m.ready && self.plan.ready == Ready::Guest && self.stop == Stop::Running {
+            self.become_ready("the guest's systemd sent READY=1");
+        }
     }
 
     fn become_ready(&mut self, why: &str) {
@@ -527,6 +607,26 @@ impl<'a> Supervisor<'a> {
             end,
             failure: self.failure,
         }
+    }
+}
+
+struct GuestRelay {
+    listener: tokio::net::UnixListener,
+    path: std::path::PathBuf,
+}
+
+impl GuestRelay {
+    fn new(listener: tokio::net::UnixListener, path: std::path::PathBuf) -> Self {
+        GuestRelay { listener, path }
+    }
+}
+
+/// Removes a socket nobody listens on; leaves anything else alone.
+fn remove_stale_socket(path: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if is_socket && std::os::unix::net::UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
     }
 }
 

@@ -1,0 +1,210 @@
+//! The guest's own sd_notify messages, relayed natively: since systemd 253 a guest sends
+//! `READY=1` and `STATUS=` to the address in its `vmm.notify_socket` credential. For
+//! cloud-hypervisor that is `vsock-stream:2:PORT`, which arrives on the host Unix socket
+//! `<vsock socket>_PORT`.
+//!
+//! One message per connection, closed at once: a guest with systemd >= 256 waits for the peer
+//! to close each connection, and a relay that lingers stalls its boot by seconds per message
+//! (microvm.nix issues #297, #568).
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{UnixListener, UnixStream};
+
+/// The largest message we read; sd_notify messages are a few hundred bytes.
+const MAX_MESSAGE: usize = 64 * 1024;
+/// After the first bytes, how long to wait for the rest of a message split in transit.
+const TAIL_WAIT: Duration = Duration::from_millis(5);
+/// A connection that sends nothing is closed after this.
+const IDLE_LIMIT: Duration = Duration::from_secs(5);
+
+/// What a guest said, reduced to what the host acts on.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GuestMessage {
+    pub ready: bool,
+    pub status: Option<String>,
+    pub stopping: bool,
+    pub errno: Option<String>,
+    pub exit_status: Option<String>,
+}
+
+/// Parses one notify datagram's worth of `KEY=VALUE` lines (sd_notify(3)). Unknown keys and
+/// malformed lines are ignored, as systemd does.
+pub fn parse(bytes: &[u8]) -> GuestMessage {
+    let mut m = GuestMessage::default();
+    let text = String::from_utf8_lossy(bytes);
+    for line in text.split('\n') {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        match key {
+            "READY" => m.ready |= value == "1",
+            "STATUS" => m.status = Some(sanitize(value)),
+            "STOPPING" => m.stopping |= value == "1",
+            "ERRNO" => m.errno = Some(sanitize(value)),
+            "EXIT_STATUS" => m.exit_status = Some(sanitize(value)),
+            _ => {}
+        }
+    }
+    m
+}
+
+/// The guest is not trusted: its text is shown in `systemctl status` and the journal, so
+/// control characters go and the length is bounded.
+fn sanitize(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
+/// The port in a `vmm.notify_socket` value, if it is one credbridge can relay.
+pub fn port_of(value: &str) -> Option<u32> {
+    let rest = value.strip_prefix("vsock-stream:2:")?;
+    rest.parse().ok()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuestNotifyError {
+    #[error("cannot listen for guest notifications on {}: {source}", path.display())]
+    Bind { path: PathBuf, source: io::Error },
+    #[error("{} exists and is not a socket; refusing to remove it", path.display())]
+    NotASocket { path: PathBuf },
+}
+
+pub enum Listener {
+    /// We relay.
+    Ours(UnixListener, PathBuf),
+    /// Someone else (microvm.nix's socat relay) is already serving the path.
+    Foreign(PathBuf),
+}
+
+impl Listener {
+    /// Binds `<vsock socket>_PORT`, replacing a stale socket but never a live one.
+    pub fn bind(path: &Path) -> Result<Listener, GuestNotifyError> {
+        let bind_err = |source| GuestNotifyError::Bind {
+            path: path.to_owned(),
+            source,
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(GuestNotifyError::NotASocket {
+                    path: path.to_owned(),
+                });
+            }
+            Ok(_) => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Ok(Listener::Foreign(path.to_owned()));
+                }
+                std::fs::remove_file(path).map_err(bind_err)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(bind_err(e)),
+        }
+        let std_listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+        std_listener.set_nonblocking(true).map_err(bind_err)?;
+        let listener = UnixListener::from_std(std_listener).map_err(bind_err)?;
+        Ok(Listener::Ours(listener, path.to_owned()))
+    }
+}
+
+/// Reads one message and closes the connection (by dropping it) as soon as it is in.
+pub async fn read_one(mut stream: UnixStream) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut len = match tokio::time::timeout(IDLE_LIMIT, stream.read(&mut buf)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "no message")),
+    };
+    while len > 0 && len < buf.len() {
+        match tokio::time::timeout(TAIL_WAIT, stream.read(&mut buf[len..])).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => len += n,
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_fields_the_host_acts_on() {
+        let m = parse(b"READY=1\nSTATUS=Reached target multi-user\nX=y\nnoequals\n");
+        assert!(m.ready);
+        assert_eq!(m.status.as_deref(), Some("Reached target multi-user"));
+        let m = parse(b"STOPPING=1\nERRNO=5\nEXIT_STATUS=3");
+        assert!(m.stopping && !m.ready);
+        assert_eq!(m.errno.as_deref(), Some("5"));
+        assert_eq!(m.exit_status.as_deref(), Some("3"));
+        assert!(!parse(b"READY=0").ready);
+        assert_eq!(parse(b"").status, None);
+    }
+
+    #[test]
+    fn guest_text_is_sanitized() {
+        let m = parse(b"STATUS=a\x1b[31mb\rc");
+        assert_eq!(m.status.as_deref(), Some("a[31mbc"));
+        let long = format!("STATUS={}", "x".repeat(1000));
+        assert_eq!(parse(long.as_bytes()).status.unwrap().len(), 200);
+        let m = parse(b"STATUS=\xff\xfe ok");
+        assert!(m.status.unwrap().ends_with(" ok"));
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(port_of("vsock-stream:2:8888"), Some(8888));
+        assert_eq!(port_of("vsock:2:8888"), None);
+        assert_eq!(port_of("vsock-stream:3:8888"), None);
+        assert_eq!(port_of("vsock-stream:2:x"), None);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn reads_one_message_and_closes_without_waiting_for_eof() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("notify.vsock_8888");
+        let Listener::Ours(l, _) = Listener::bind(&p).unwrap() else {
+            panic!("fresh path")
+        };
+        let mut guest = std::os::unix::net::UnixStream::connect(&p).unwrap();
+        use std::io::{Read, Write};
+        guest.write_all(b"READY=1").unwrap();
+        let (conn, _) = l.accept().await.unwrap();
+        let t = std::time::Instant::now();
+        let msg = read_one(conn).await.unwrap();
+        assert_eq!(msg, b"READY=1");
+        assert!(t.elapsed() < Duration::from_millis(50), "{:?}", t.elapsed());
+        // The guest sees the close although it never shut down its write side.
+        let mut rest = Vec::new();
+        guest
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        assert_eq!(guest.read_to_end(&mut rest).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_live_listener_is_left_alone_and_a_stale_one_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("n_8888");
+        let live = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert!(matches!(Listener::bind(&p), Ok(Listener::Foreign(_))));
+            drop(live);
+            assert!(matches!(Listener::bind(&p), Ok(Listener::Ours(..))));
+        });
+        let f = d.path().join("file");
+        std::fs::write(&f, b"x").unwrap();
+        assert!(matches!(
+            Listener::bind(&f),
+            Err(GuestNotifyError::NotASocket { .. })
+        ));
+    }
+}
