@@ -15,24 +15,32 @@ use nix::sys::signal::Signal;
 const T: Duration = Duration::from_secs(10);
 
 fn activate(rig: &Rig, sock: &Path) -> Child {
-    let inner = rig.command("run", &[], &[]);
-    let args = rig.vm_args();
+    activate_with(rig, sock, &[], &rig.vm_args(), &[])
+}
+
+fn activate_with(
+    rig: &Rig,
+    sock: &Path,
+    flags: &[&str],
+    args: &[String],
+    extra_env: &[(&str, &str)],
+) -> Child {
+    let mut inner = rig.command("run", flags, &[]);
+    for (k, v) in extra_env {
+        inner.env(k, v);
+    }
     let mut cmd = Command::new("systemd-socket-activate");
-    cmd.arg("-l")
-        .arg(sock)
-        .arg("--fdname=api")
-        .args(["-E", "NOTIFY_SOCKET", "-E", "CREDENTIALS_DIRECTORY"])
-        .args([
-            "-E",
-            "FAKE_CH_RECORD_DIR",
-            "-E",
-            "RUNTIME_DIRECTORY",
-            "-E",
-            "PATH",
-        ])
+    cmd.arg("-l").arg(sock).arg("--fdname=api");
+    // systemd-socket-activate starts the program with a fresh environment but for these.
+    for (k, v) in inner.get_envs() {
+        if let (Some(k), Some(_)) = (k.to_str(), v) {
+            cmd.args(["-E", k]);
+        }
+    }
+    cmd.args(["-E", "PATH"])
         .arg(inner.get_program())
         .args(inner.get_args())
-        .args(&args)
+        .args(args)
         .current_dir(rig.dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -96,4 +104,74 @@ fn socket_activated_api_socket_is_used_and_survives_restarts() {
         rig.notify.seen.clear();
         std::fs::remove_file(rig.record_file("pid")).unwrap();
     }
+}
+
+/// The credbridge flags of the shipped `credbridge-example@.service`, so the unit and this test
+/// cannot drift apart.
+fn example_unit_flags() -> Vec<String> {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/units/credbridge-example@.service"
+    ))
+    .unwrap();
+    let exec = unit
+        .split("\nExecStart=")
+        .nth(1)
+        .expect("ExecStart= in the unit");
+    let mut line = String::new();
+    for l in exec.lines() {
+        line.push_str(l.trim_end_matches('\\'));
+        line.push(' ');
+        if !l.ends_with('\\') {
+            break;
+        }
+    }
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let start = words.iter().position(|w| *w == "run").unwrap() + 1;
+    let end = words.iter().position(|w| *w == "--").unwrap();
+    words[start..end]
+        .iter()
+        .map(|w| w.replace("${VSOCK_CID}", "5"))
+        .collect()
+}
+
+#[test]
+fn the_example_socket_and_service_pair_works_under_socket_activation() {
+    let mut rig = Rig::new();
+    rig.add_credential("api-key", b"example-unit-secret");
+    rig.add_credential("not-selected", b"must-not-reach-the-guest");
+    let flags = example_unit_flags();
+    assert!(flags.contains(&"guest".to_owned()), "{flags:?}");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let kernel = rig.kernel();
+    let args: Vec<String> = ["--kernel", &kernel, "--seccomp", "true"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let sock = rig.path("api.sock");
+    let mut child = activate_with(
+        &rig,
+        &sock,
+        &flags,
+        &args,
+        &[("FAKE_CH_GUEST_NOTIFY", "8888:STATUS=up|READY=1")],
+    );
+    assert!(wait_until(T, || sock.exists()));
+    let ping = get(&sock, "vmm.ping");
+    assert!(ping.starts_with("HTTP/1.1 200"), "{ping}");
+    let ready = rig
+        .notify
+        .wait_for("READY=1", T)
+        .expect("READY=1 from the guest");
+    assert!(ready.contains("1 credential delivered"), "{ready}");
+    let info = get(&sock, "vm.info");
+    assert!(info.contains("api-key=example-unit-secret"), "{info}");
+    assert!(
+        !info.contains("not-selected"),
+        "--credential selects: {info}"
+    );
+    assert!(rig.notify.index_of("STATUS=guest: up").is_some());
+    signal(&child, Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut child, T).code(), Some(0));
+    assert!(sock.exists());
 }
