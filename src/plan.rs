@@ -168,22 +168,11 @@ fn detect(program: &OsStr, forced: Option<HypervisorKind>) -> Result<HypervisorK
 /// The platform strings that share the SMBIOS table with the OEM strings and so lower the
 /// ceiling (cloud-hypervisor.md section 2).
 fn system_strings_len(config: Option<&Value>) -> usize {
-    const KEYS: &[&str] = &[
-        "system_manufacturer",
-        "system_product_name",
-        "system_version",
-        "system_serial_number",
-        "system_uuid",
-        "system_sku_number",
-        "system_family",
-        "chassis_asset_tag",
-        "serial_number",
-        "uuid",
-    ];
     let Some(platform) = config.and_then(|c| c.get("platform")) else {
         return 0;
     };
-    KEYS.iter()
+    ch::SMBIOS_KEYS
+        .iter()
         .filter_map(|k| platform.get(k).and_then(Value::as_str))
         .map(|s| s.len() + 1)
         .sum()

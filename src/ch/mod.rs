@@ -18,6 +18,7 @@ use std::path::PathBuf;
 
 use argv::{Parsed, ValueAt};
 pub use grammar::GrammarError;
+pub use vmconfig::SMBIOS_KEYS;
 use vmconfig::{Platform, VmConfig};
 
 /// Where CH listens (`--api-socket`) or reports (`--event-monitor`).

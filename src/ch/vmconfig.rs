@@ -497,8 +497,9 @@ impl PciSegment {
     }
 }
 
-/// The SMBIOS strings of `--platform`, in the order CH applies them.
-const SMBIOS_KEYS: &[&str] = &[
+/// The SMBIOS strings of `--platform`, in the order CH applies them (the deprecated
+/// `serial_number`/`uuid` land in their `system_*` fields).
+pub const SMBIOS_KEYS: &[&str] = &[
     "system_manufacturer",
     "system_product_name",
     "system_version",
