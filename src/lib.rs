@@ -4,6 +4,7 @@
 
 pub mod apiclient;
 pub mod apisocket;
+pub mod backend;
 pub mod ch;
 pub mod cli;
 pub mod credentials;

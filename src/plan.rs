@@ -447,6 +447,14 @@ impl Plan {
         ))
     }
 
+    /// The hypervisor as messages name it.
+    pub fn hypervisor_name(&self) -> &'static str {
+        match self.kind {
+            HypervisorKind::CloudHypervisor => "cloud-hypervisor",
+            HypervisorKind::Qemu => "QEMU",
+        }
+    }
+
     pub fn entry_size(&self) -> usize {
         oem::entry_size(&self.strings)
     }

@@ -1,43 +1,33 @@
-//! Starts cloud-hypervisor as a child and supervises it for systemd: boot through the API,
-//! events, readiness, watchdog, graceful stop, and the exit status.
+//! Starts the hypervisor as a child and supervises it for systemd: readiness, guest
+//! notifications, watchdog, graceful stop, and the exit status. What is specific to a
+//! hypervisor lives in `backend`.
 
-use std::future::{Future, pending};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::future::pending;
 use std::os::unix::process::ExitStatusExt;
-use std::pin::Pin;
 use std::time::Duration;
 
-use hyper::Method;
-use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
-use zeroize::Zeroizing;
 
-use crate::apiclient::{ApiClient, ApiError};
-use crate::apisocket::{ApiSocket, ApiSocketError};
+use crate::apisocket::ApiSocketError;
+use crate::backend::{Backend, BackendEvent, Boxed, maybe, sleep_until};
 use crate::cli::{Delivery, Ready};
-use crate::events::EventParser;
 use crate::guestnotify::{self, GuestMessage, Listener};
 use crate::hostenv::HostEnv;
 use crate::notify::Notifier;
-use crate::plan::{ApiSource, FdNames, Plan, PlanError};
+use crate::plan::{Plan, PlanError};
 use crate::sys;
 
-/// After SIGTERM, how long cloud-hypervisor gets before SIGKILL.
+/// After SIGTERM, how long the hypervisor gets before SIGKILL.
 const KILL_AFTER: Duration = Duration::from_secs(10);
-/// vm.create and vm.boot may prefault guest memory; be generous.
-const BOOT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-const SHORT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Each guest STATUS before readiness extends systemd's start timeout by this much: a guest
 /// that keeps reporting progress is not timed out, one that falls silent is.
 const GUEST_PROGRESS_EXTENSION: Duration = Duration::from_secs(30);
-/// How long a failed API exchange waits for the hypervisor's exit to explain it.
+/// How long a failed hand-over waits for the hypervisor's exit to explain it.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
-/// How often `vm.info` is polled when the argv keeps its own event monitor.
-const INFO_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SuperviseError {
@@ -85,54 +75,6 @@ enum Stop {
     Killed,
 }
 
-type Boxed<T> = Pin<Box<dyn Future<Output = T>>>;
-
-async fn maybe<T>(f: &mut Option<Boxed<T>>) -> T {
-    match f {
-        Some(f) => f.as_mut().await,
-        None => pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => pending().await,
-    }
-}
-
-async fn read_events(
-    rx: &mut Option<tokio::net::unix::pipe::Receiver>,
-    buf: &mut [u8],
-) -> std::io::Result<usize> {
-    match rx {
-        Some(r) => r.read(buf).await,
-        None => pending().await,
-    }
-}
-
-fn api_socket(plan: &Plan, env: &HostEnv) -> Result<ApiSocket, ApiSocketError> {
-    // Socket activation wins: the .socket unit owns the path and keeps it across our restarts.
-    if let Some(s) = ApiSocket::from_activation(env)? {
-        return Ok(s);
-    }
-    match &plan.api_source {
-        ApiSource::Path(p) => ApiSocket::bind_path(p),
-        ApiSource::Fd(fd) => ApiSocket::from_inherited_fd(*fd),
-        ApiSource::Default => ApiSocket::bind_private(env),
-    }
-}
-
-pub async fn run(plan: Plan, env: &HostEnv, notify: &Notifier) -> Result<Outcome, SuperviseError> {
-    // Handlers first: from here on SIGTERM means "stop the VM", never "die and orphan it".
-    let signals = Signals::new().map_err(SuperviseError::Signals)?;
-    let mut api = api_socket(&plan, env)?;
-    tracing::info!("API socket: {}", api.describe);
-    let result = Supervisor::start(plan, env, notify, &api, signals).await;
-    api.cleanup();
-    result
-}
-
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
@@ -149,56 +91,50 @@ impl Signals {
     }
 }
 
+pub async fn run(plan: Plan, env: &HostEnv, notify: &Notifier) -> Result<Outcome, SuperviseError> {
+    // Handlers first: from here on SIGTERM means "stop the VM", never "die and orphan it".
+    let signals = Signals::new().map_err(SuperviseError::Signals)?;
+    let (mut backend, spawn) = Backend::prepare(&plan, env)?;
+    let result = Supervisor::start(plan, env, notify, &mut backend, spawn, signals).await;
+    backend.cleanup();
+    result
+}
+
 struct Supervisor<'a> {
     plan: Plan,
     notify: &'a Notifier,
-    client: ApiClient,
+    backend: &'a mut Backend,
     child_pid: Pid,
     ready: bool,
     booted: bool,
     stop: Stop,
     stop_deadline: Option<Instant>,
     failure: Option<String>,
-    power_fut: Option<Boxed<Result<(), ApiError>>>,
+    power_fut: Option<Boxed<Result<(), String>>>,
+}
+
+struct GuestRelay {
+    listener: tokio::net::UnixListener,
+    path: std::path::PathBuf,
 }
 
 impl<'a> Supervisor<'a> {
     async fn start(
-        mut plan: Plan,
+        plan: Plan,
         env: &HostEnv,
         notify: &'a Notifier,
-        api: &ApiSocket,
+        backend: &'a mut Backend,
+        spawn: crate::backend::Spawn,
         mut signals: Signals,
     ) -> Result<Outcome, SuperviseError> {
-        // The event pipe exists before spawn because its write end is the child's
-        // `--event-monitor fd=`; our copy of that end is closed right after spawn so that EOF
-        // on the read end means the hypervisor is gone.
-        let (events_rx, events_tx) = if plan.own_event_monitor {
-            let (r, w) =
-                nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| SuperviseError::Pipe(e.into()))?;
-            let rx =
-                tokio::net::unix::pipe::Receiver::from_owned_fd(r).map_err(SuperviseError::Pipe)?;
-            (Some(rx), Some(w))
-        } else {
-            (None, None)
-        };
-        let fds = FdNames {
-            api: api.fd.as_raw_fd().to_string(),
-            events: events_tx.as_ref().map(|w| w.as_raw_fd().to_string()),
-        };
-        let mut keep: Vec<RawFd> = vec![api.fd.as_raw_fd()];
-        keep.extend(events_tx.as_ref().map(OwnedFd::as_raw_fd));
-        keep.extend(plan.inherited_fds_for_child());
-
-        if let Some((_, path)) = &plan.add_vsock {
-            // cloud-hypervisor binds the vsock socket itself and fails on a leftover one.
-            remove_stale_socket(path);
-        }
-        let mut guest = match &plan.guest_notify {
+        let guest = match &plan.guest_notify {
             Some(g) => match Listener::bind(&g.listen_path)? {
-                Listener::Ours(l, p) => {
-                    tracing::info!("listening for the guest's notifications on {}", p.display());
-                    Some(GuestRelay::new(l, p))
+                Listener::Ours(listener, path) => {
+                    tracing::info!(
+                        "listening for the guest's notifications on {}",
+                        path.display()
+                    );
+                    Some(GuestRelay { listener, path })
                 }
                 Listener::Foreign(p) => {
                     let msg = format!(
@@ -229,22 +165,18 @@ impl<'a> Supervisor<'a> {
         for w in &plan.warnings {
             tracing::warn!("{w}");
         }
-        tracing::debug!(
-            "hypervisor argv: {}",
-            plan.redacted_child_args(&fds)?.join(" ")
-        );
 
-        let args = plan.child_args(&fds)?;
         let mut cmd = tokio::process::Command::new(&plan.program);
         cmd.arg0(&plan.argv0)
-            .args(&args.0)
+            .args(&spawn.args.0)
             .env_clear()
             .envs(env.child_vars())
             .kill_on_drop(true);
-        sys::prepare_child(&mut cmd, keep, nix::unistd::getpid().as_raw());
+        sys::prepare_child(&mut cmd, spawn.keep_fds, nix::unistd::getpid().as_raw());
         let spawned = cmd.spawn();
-        drop(args);
-        drop(events_tx);
+        // The argv may hold secrets (argv delivery): zeroed now that exec has copied it.
+        drop(spawn.args);
+        drop(cmd);
         let mut child = spawned.map_err(|source| SuperviseError::Spawn {
             program: plan.program.to_string_lossy().into_owned(),
             source,
@@ -254,36 +186,12 @@ impl<'a> Supervisor<'a> {
             "started {} as pid {child_pid}",
             plan.program.to_string_lossy()
         );
-
-        let mut boot_fut: Option<Boxed<Result<(), ApiError>>> = None;
-        let client = ApiClient::new(api.connect_to.clone(), SHORT_REQUEST_TIMEOUT);
-        match &plan.create {
-            Some(create) => {
-                let body = create.body(&plan.strings);
-                let nets: Vec<_> = create
-                    .add_nets
-                    .iter()
-                    .map(|(v, fds)| (json_body(v), fds.clone()))
-                    .collect();
-                let devices: Vec<_> = create
-                    .add_devices
-                    .iter()
-                    .map(|(v, fd)| (json_body(v), *fd))
-                    .collect();
-                boot_fut = Some(Box::pin(boot_sequence(
-                    client.with_timeout(BOOT_REQUEST_TIMEOUT),
-                    body,
-                    nets,
-                    devices,
-                )));
-            }
-            None => plan.forget_secrets(),
-        }
+        backend.spawned(&plan);
 
         let mut sup = Supervisor {
             plan,
             notify,
-            client,
+            backend,
             child_pid,
             ready: false,
             booted: false,
@@ -302,71 +210,47 @@ impl<'a> Supervisor<'a> {
             .ready_timeout
             .filter(|_| !foreign_relay)
             .map(|d| Instant::now() + d);
-        let (guest_tx, mut guest_rx) = tokio::sync::mpsc::unbounded_channel();
         let watchdog_half = env.watchdog_usec().map(|u| Duration::from_micros(u / 2));
         let mut watchdog =
             watchdog_half.map(|p| tokio::time::interval(p.max(Duration::from_millis(1))));
-        let mut ping_fut: Option<Boxed<Result<(), ApiError>>> = None;
+        let ping_timeout = watchdog_half.unwrap_or(PING_TIMEOUT).min(PING_TIMEOUT);
+        let mut ping_fut: Option<Boxed<Result<(), String>>> = None;
         let mut ping_failing = false;
-        let mut info_fut: Option<Boxed<Result<bool, ApiError>>> = None;
-        let mut info_next: Option<Instant> =
-            (!sup.plan.own_event_monitor && sup.plan.create.is_none()).then(Instant::now);
-        let mut events_rx = events_rx;
         let mut boot_error: Option<(String, Instant)> = None;
-        let mut parser = EventParser::new();
-        let mut buf = vec![0u8; 16 * 1024];
+        let (guest_tx, mut guest_rx) = tokio::sync::mpsc::unbounded_channel();
 
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status.map_err(SuperviseError::Wait)?,
-                read = read_events(&mut events_rx, &mut buf) => match read {
-                    Ok(0) | Err(_) => {
-                        tracing::debug!("event monitor closed");
-                        events_rx = None;
-                    }
-                    Ok(n) => {
-                        for ev in parser.push(&buf[..n]) {
-                            match ev {
-                                Ok(ev) => sup.on_event(&ev),
-                                Err(e) => tracing::warn!("event monitor: {e}"),
-                            }
-                        }
-                    }
-                },
-                result = maybe(&mut boot_fut) => {
-                    boot_fut = None;
-                    match result {
-                        Ok(()) => {
-                            tracing::info!("VM created and booted through the API");
-                            if !sup.plan.own_event_monitor {
-                                sup.on_booted();
-                            }
-                        }
-                        Err(e) => {
-                            let msg = format!("could not boot the VM: {}", sup.plan.scrub(&e.to_string()));
-                            if matches!(e, ApiError::Status { .. }) {
-                                sup.fail(msg);
-                                sup.escalate_to(Stop::Terminated);
-                            } else {
-                                // A dropped connection usually means the hypervisor is exiting;
-                                // its exit status is the better message, so wait for it briefly.
-                                boot_error = Some((msg, Instant::now() + EXIT_GRACE));
-                            }
-                        }
-                    }
+                ev = sup.backend.next() => match ev {
+                    BackendEvent::Booted => sup.on_booted(),
                     // The secrets are in the hypervisor now; ours are no longer needed.
-                    sup.plan.forget_secrets();
-                },
-                result = maybe(&mut sup.power_fut) => {
-                    sup.power_fut = None;
-                    if let Err(e) = result {
-                        tracing::warn!("ACPI power button failed ({}); sending SIGTERM", sup.plan.scrub(&e.to_string()));
-                        sup.escalate_to(Stop::Terminated);
+                    BackendEvent::Handed => sup.plan.forget_secrets(),
+                    BackendEvent::BootFailed { msg, maybe_exiting } => {
+                        let msg = sup.plan.scrub(&msg);
+                        if maybe_exiting {
+                            // A dropped connection usually means the hypervisor is exiting;
+                            // its exit status is the better message, so wait for it briefly.
+                            boot_error = Some((msg, Instant::now() + EXIT_GRACE));
+                        } else {
+                            sup.fail(msg);
+                            sup.escalate_to(Stop::Terminated);
+                        }
                     }
+                    BackendEvent::Info(m) => tracing::info!("{}", sup.plan.scrub(&m)),
+                    BackendEvent::Warn(m) => tracing::warn!("{}", sup.plan.scrub(&m)),
+                    BackendEvent::Debug(m) => tracing::debug!("{}", sup.plan.scrub(&m)),
                 },
                 _ = sleep_until(boot_error.as_ref().map(|(_, d)| *d)) => {
                     if let Some((msg, _)) = boot_error.take() {
                         sup.fail(msg);
+                        sup.escalate_to(Stop::Terminated);
+                    }
+                },
+                result = maybe(&mut sup.power_fut) => {
+                    sup.power_fut = None;
+                    if let Err(e) = result {
+                        tracing::warn!("ACPI power button failed ({}); sending SIGTERM", sup.plan.scrub(&e));
                         sup.escalate_to(Stop::Terminated);
                     }
                 },
@@ -377,7 +261,7 @@ impl<'a> Supervisor<'a> {
                             Stop::Terminated
                         }
                         _ => {
-                            tracing::warn!("cloud-hypervisor did not exit within {KILL_AFTER:?} of SIGTERM; sending SIGKILL");
+                            tracing::warn!("the hypervisor did not exit within {KILL_AFTER:?} of SIGTERM; sending SIGKILL");
                             Stop::Killed
                         }
                     };
@@ -391,8 +275,7 @@ impl<'a> Supervisor<'a> {
                 },
                 _ = async { match watchdog.as_mut() { Some(w) => w.tick().await, None => pending().await } } => {
                     if ping_fut.is_none() {
-                        let c = sup.client.with_timeout(watchdog_half.unwrap_or(SHORT_REQUEST_TIMEOUT).min(SHORT_REQUEST_TIMEOUT));
-                        ping_fut = Some(Box::pin(async move { c.ping().await }));
+                        ping_fut = Some(sup.backend.ping(ping_timeout));
                     }
                 },
                 result = maybe(&mut ping_fut) => {
@@ -400,27 +283,15 @@ impl<'a> Supervisor<'a> {
                     match result {
                         Ok(()) => {
                             if ping_failing {
-                                tracing::info!("cloud-hypervisor answers vmm.ping again; watchdog resumed");
+                                tracing::info!("the hypervisor answers again; watchdog resumed");
                                 ping_failing = false;
                             }
                             sup.notify.watchdog();
                         }
                         Err(e) => if !ping_failing {
                             ping_failing = true;
-                            tracing::warn!("cloud-hypervisor does not answer vmm.ping ({e}); withholding WATCHDOG=1");
+                            tracing::warn!("the hypervisor does not answer ({e}); withholding WATCHDOG=1");
                         }
-                    }
-                },
-                _ = sleep_until(if info_fut.is_none() { info_next } else { None }) => {
-                    let c = sup.client.clone();
-                    info_fut = Some(Box::pin(async move { vm_running(&c).await }));
-                    info_next = None;
-                },
-                result = maybe(&mut info_fut) => {
-                    info_fut = None;
-                    match result {
-                        Ok(true) => sup.on_booted(),
-                        _ => if !sup.booted { info_next = Some(Instant::now() + INFO_POLL) },
                     }
                 },
                 conn = async { match guest.as_ref() { Some(g) => g.listener.accept().await, None => pending().await } } => {
@@ -447,10 +318,35 @@ impl<'a> Supervisor<'a> {
                 },
             }
         };
-        if let Some(g) = guest.take() {
+        if let Some(g) = guest {
             let _ = std::fs::remove_file(&g.path);
         }
         Ok(sup.finish(status))
+    }
+
+    fn become_ready(&mut self, why: &str) {
+        if self.ready {
+            return;
+        }
+        self.ready = true;
+        let n = self.plan.credential_count;
+        let status = format!(
+            "VM running, {n} credential{} delivered",
+            if n == 1 { "" } else { "s" }
+        );
+        tracing::info!("ready ({why}): {status}");
+        self.notify.ready(&status);
+    }
+
+    fn on_booted(&mut self) {
+        if self.booted {
+            return;
+        }
+        self.booted = true;
+        tracing::info!("VM booted");
+        if self.plan.ready == Ready::Booted && self.stop == Stop::Running {
+            self.become_ready("VM booted");
+        }
     }
 
     fn on_guest_message(&mut self, m: &GuestMessage) {
@@ -473,41 +369,6 @@ impl<'a> Supervisor<'a> {
         }
         if m.ready && self.plan.ready == Ready::Guest && self.stop == Stop::Running {
             self.become_ready("the guest's systemd sent READY=1");
-        }
-    }
-
-    fn become_ready(&mut self, why: &str) {
-        if self.ready {
-            return;
-        }
-        self.ready = true;
-        let n = self.plan.credential_count;
-        let status = format!(
-            "VM running, {n} credential{} delivered",
-            if n == 1 { "" } else { "s" }
-        );
-        tracing::info!("ready ({why}): {status}");
-        self.notify.ready(&status);
-    }
-
-    fn on_booted(&mut self) {
-        if self.booted {
-            return;
-        }
-        self.booted = true;
-        if self.plan.ready == Ready::Booted && self.stop == Stop::Running {
-            self.become_ready("VM booted");
-        }
-    }
-
-    fn on_event(&mut self, ev: &crate::events::Event) {
-        tracing::debug!("event {}:{}", ev.source, ev.event);
-        match (ev.source.as_str(), ev.event.as_str()) {
-            ("vm", "booted") => self.on_booted(),
-            ("vm", "rebooting") => tracing::info!("the guest is rebooting"),
-            ("vm", "shutdown") => tracing::info!("the guest powered off"),
-            ("guest", "panic") => tracing::warn!("the guest kernel panicked"),
-            _ => {}
         }
     }
 
@@ -550,10 +411,7 @@ impl<'a> Supervisor<'a> {
             "Stopping VM: ACPI power button, SIGTERM after {t:?}"
         ));
         self.stop_deadline = Some(Instant::now() + t);
-        let c = self.client.clone();
-        self.power_fut = Some(Box::pin(
-            async move { c.put("vm.power-button", None).await },
-        ));
+        self.power_fut = Some(self.backend.power_button());
     }
 
     fn escalate_to(&mut self, next: Stop) {
@@ -561,13 +419,13 @@ impl<'a> Supervisor<'a> {
             Stop::Running | Stop::PowerButton => {}
             Stop::Terminated => {
                 self.notify
-                    .stopping("Stopping VM: SIGTERM to cloud-hypervisor");
+                    .stopping("Stopping VM: SIGTERM to the hypervisor");
                 let _ = nix::sys::signal::kill(self.child_pid, Signal::SIGTERM);
                 self.stop_deadline = Some(Instant::now() + KILL_AFTER);
             }
             Stop::Killed => {
                 self.notify
-                    .stopping("Stopping VM: SIGKILL to cloud-hypervisor");
+                    .stopping("Stopping VM: SIGKILL to the hypervisor");
                 let _ = nix::sys::signal::kill(self.child_pid, Signal::SIGKILL);
                 self.stop_deadline = None;
             }
@@ -589,81 +447,23 @@ impl<'a> Supervisor<'a> {
                 Signal::try_from(s).map(|s| s.as_str()).unwrap_or("?")
             ),
         };
+        let name = self.plan.hypervisor_name();
         if !self.booted && self.stop == Stop::Running && self.failure.is_none() {
             self.fail(format!(
-                "cloud-hypervisor exited before the VM booted ({how}); see its messages above"
+                "{name} exited before the VM booted ({how}); see its messages above"
             ));
         } else if self.failure.is_none() {
-            let msg = format!("cloud-hypervisor exited ({how})");
+            let msg = format!("{name} exited ({how})");
             match end {
                 End::Code(0) => tracing::info!("{msg}"),
                 _ if self.stop != Stop::Running => tracing::info!("{msg}"),
                 _ => tracing::warn!("{msg}"),
             }
-            self.notify
-                .status(&format!("cloud-hypervisor exited with {how}"));
+            self.notify.status(&format!("{name} exited with {how}"));
         }
         Outcome {
             end,
             failure: self.failure,
         }
     }
-}
-
-struct GuestRelay {
-    listener: tokio::net::UnixListener,
-    path: std::path::PathBuf,
-}
-
-impl GuestRelay {
-    fn new(listener: tokio::net::UnixListener, path: std::path::PathBuf) -> Self {
-        GuestRelay { listener, path }
-    }
-}
-
-/// Removes a socket nobody listens on; leaves anything else alone.
-fn remove_stale_socket(path: &std::path::Path) {
-    use std::os::unix::fs::FileTypeExt;
-    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
-    if is_socket && std::os::unix::net::UnixStream::connect(path).is_err() {
-        let _ = std::fs::remove_file(path);
-    }
-}
-
-fn json_body(v: &serde_json::Value) -> Zeroizing<Vec<u8>> {
-    Zeroizing::new(serde_json::to_vec(v).expect("a Value always serializes"))
-}
-
-async fn boot_sequence(
-    client: ApiClient,
-    create: Zeroizing<Vec<u8>>,
-    nets: Vec<(Zeroizing<Vec<u8>>, Vec<RawFd>)>,
-    devices: Vec<(Zeroizing<Vec<u8>>, RawFd)>,
-) -> Result<(), ApiError> {
-    client.put("vm.create", Some(create)).await?;
-    // vm.create drops fds from the JSON (cloud-hypervisor.md section 3); added before boot,
-    // the devices are part of the VM from its first instruction.
-    for (net, fds) in nets {
-        client
-            .request(Method::PUT, "vm.add-net", Some(net), &fds)
-            .await?;
-    }
-    for (dev, fd) in devices {
-        client
-            .request(Method::PUT, "vm.add-device", Some(dev), &[fd])
-            .await?;
-    }
-    client.put("vm.boot", None).await
-}
-
-/// `vm.info`'s state, for argvs that keep their own event monitor. Only `state` is
-/// deserialized; the config in the same answer (secrets included) is skipped, and the body
-/// buffer is zeroed on drop.
-async fn vm_running(client: &ApiClient) -> Result<bool, ApiError> {
-    #[derive(serde::Deserialize)]
-    struct Info {
-        state: String,
-    }
-    let resp = client.request(Method::GET, "vm.info", None, &[]).await?;
-    Ok(serde_json::from_slice::<Info>(&resp.body).is_ok_and(|i| i.state == "Running"))
 }

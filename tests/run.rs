@@ -541,6 +541,13 @@ fn macvtap_fds_reach_the_hypervisor_through_add_net() {
         String::new()
     };
     assert!(ready.is_some(), "READY=1: {stderr_early}");
+    // The fake logs a request after answering it, which can be after vm:booted went out.
+    let logged = |r: &str| {
+        rig.requests()
+            .iter()
+            .any(|q| q["path"].as_str().is_some_and(|p| p.ends_with(r)))
+    };
+    assert!(wait_until(T, || logged("vm.boot")));
     let reqs = rig.requests();
     let add_net = reqs
         .iter()

@@ -1,0 +1,280 @@
+//! cloud-hypervisor: the VM through the REST API (or argv), boot and guest events from the
+//! event monitor, stop through `vm.power-button`, liveness through `vmm.ping`.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use std::time::Duration;
+
+use hyper::Method;
+use nix::fcntl::OFlag;
+use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
+use zeroize::Zeroizing;
+
+use super::{BackendEvent, Boxed, Spawn, maybe, sleep_until};
+use crate::apiclient::{ApiClient, ApiError};
+use crate::apisocket::{ApiSocket, ApiSocketError};
+use crate::events::{Event, EventParser};
+use crate::hostenv::HostEnv;
+use crate::plan::{ApiSource, FdNames, Plan};
+use crate::supervisor::SuperviseError;
+
+/// vm.create and vm.boot may prefault guest memory; be generous.
+const BOOT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+const SHORT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often `vm.info` is polled when the argv keeps its own event monitor.
+const INFO_POLL: Duration = Duration::from_millis(200);
+
+pub struct ChBackend {
+    api: ApiSocket,
+    client: ApiClient,
+    events_rx: Option<tokio::net::unix::pipe::Receiver>,
+    /// The child's end of the event pipe, until it is spawned.
+    events_tx: Option<OwnedFd>,
+    parser: EventParser,
+    buf: Vec<u8>,
+    pending: VecDeque<BackendEvent>,
+    boot_fut: Option<Boxed<Result<(), ApiError>>>,
+    /// Readiness without our own event monitor: poll `vm.info`.
+    info_fut: Option<Boxed<Result<bool, ApiError>>>,
+    info_next: Option<Instant>,
+    own_event_monitor: bool,
+}
+
+fn api_socket(plan: &Plan, env: &HostEnv) -> Result<ApiSocket, ApiSocketError> {
+    // Socket activation wins: the .socket unit owns the path and keeps it across our restarts.
+    if let Some(s) = ApiSocket::from_activation(env)? {
+        return Ok(s);
+    }
+    match &plan.api_source {
+        ApiSource::Path(p) => ApiSocket::bind_path(p),
+        ApiSource::Fd(fd) => ApiSocket::from_inherited_fd(*fd),
+        ApiSource::Default => ApiSocket::bind_private(env),
+    }
+}
+
+impl ChBackend {
+    pub fn prepare(plan: &Plan, env: &HostEnv) -> Result<(ChBackend, Spawn), SuperviseError> {
+        let api = api_socket(plan, env)?;
+        tracing::info!("API socket: {}", api.describe);
+        // The event pipe exists before spawn because its write end is the child's
+        // `--event-monitor fd=`; our copy of that end is closed right after spawn so that EOF
+        // on the read end means the hypervisor is gone.
+        let (events_rx, events_tx) = if plan.own_event_monitor {
+            let (r, w) =
+                nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| SuperviseError::Pipe(e.into()))?;
+            let rx =
+                tokio::net::unix::pipe::Receiver::from_owned_fd(r).map_err(SuperviseError::Pipe)?;
+            (Some(rx), Some(w))
+        } else {
+            (None, None)
+        };
+        let fds = FdNames {
+            api: api.fd.as_raw_fd().to_string(),
+            events: events_tx.as_ref().map(|w| w.as_raw_fd().to_string()),
+        };
+        let mut keep_fds: Vec<RawFd> = vec![api.fd.as_raw_fd()];
+        keep_fds.extend(events_tx.as_ref().map(OwnedFd::as_raw_fd));
+        keep_fds.extend(plan.inherited_fds_for_child());
+        if let Some((_, path)) = &plan.add_vsock {
+            // cloud-hypervisor binds the vsock socket itself and fails on a leftover one.
+            remove_stale_socket(path);
+        }
+        tracing::debug!(
+            "hypervisor argv: {}",
+            plan.redacted_child_args(&fds)?.join(" ")
+        );
+        let args = plan.child_args(&fds)?;
+        let client = ApiClient::new(api.connect_to.clone(), SHORT_REQUEST_TIMEOUT);
+        Ok((
+            ChBackend {
+                api,
+                client,
+                events_rx,
+                events_tx,
+                parser: EventParser::new(),
+                buf: vec![0u8; 16 * 1024],
+                pending: VecDeque::new(),
+                boot_fut: None,
+                info_fut: None,
+                info_next: None,
+                own_event_monitor: plan.own_event_monitor,
+            },
+            Spawn { args, keep_fds },
+        ))
+    }
+
+    pub fn spawned(&mut self, plan: &Plan) {
+        self.events_tx = None;
+        match &plan.create {
+            Some(create) => {
+                let body = create.body(&plan.strings);
+                let nets: Vec<_> = create
+                    .add_nets
+                    .iter()
+                    .map(|(v, fds)| (json_body(v), fds.clone()))
+                    .collect();
+                let devices: Vec<_> = create
+                    .add_devices
+                    .iter()
+                    .map(|(v, fd)| (json_body(v), *fd))
+                    .collect();
+                self.boot_fut = Some(Box::pin(boot_sequence(
+                    self.client.with_timeout(BOOT_REQUEST_TIMEOUT),
+                    body,
+                    nets,
+                    devices,
+                )));
+            }
+            None => {
+                // argv delivery: the strings went with the command line.
+                self.pending.push_back(BackendEvent::Handed);
+                if !self.own_event_monitor {
+                    self.info_next = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    pub async fn next(&mut self) -> BackendEvent {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return ev;
+            }
+            tokio::select! {
+                read = read_events(&mut self.events_rx, &mut self.buf) => match read {
+                    Ok(0) | Err(_) => {
+                        self.events_rx = None;
+                        return BackendEvent::Debug("event monitor closed".into());
+                    }
+                    Ok(n) => {
+                        for ev in self.parser.push(&self.buf[..n]) {
+                            self.pending.push_back(match ev {
+                                Ok(ev) => translate(&ev),
+                                Err(e) => BackendEvent::Warn(format!("event monitor: {e}")),
+                            });
+                        }
+                    }
+                },
+                result = maybe(&mut self.boot_fut) => {
+                    self.boot_fut = None;
+                    self.pending.push_back(BackendEvent::Handed);
+                    match result {
+                        Ok(()) => {
+                            self.pending.push_back(BackendEvent::Info(
+                                "VM created and booted through the API".into(),
+                            ));
+                            // vm.boot answers once the vCPUs run; without our event monitor
+                            // that answer is the boot signal.
+                            if !self.own_event_monitor {
+                                self.pending.push_back(BackendEvent::Booted);
+                            }
+                        }
+                        Err(e) => self.pending.push_back(BackendEvent::BootFailed {
+                            maybe_exiting: !matches!(e, ApiError::Status { .. }),
+                            msg: format!("could not boot the VM: {e}"),
+                        }),
+                    }
+                },
+                _ = sleep_until(if self.info_fut.is_none() { self.info_next } else { None }) => {
+                    let c = self.client.clone();
+                    self.info_fut = Some(Box::pin(async move { vm_running(&c).await }));
+                    self.info_next = None;
+                },
+                result = maybe(&mut self.info_fut) => {
+                    self.info_fut = None;
+                    if let Ok(true) = result {
+                        return BackendEvent::Booted;
+                    }
+                    self.info_next = Some(Instant::now() + INFO_POLL);
+                },
+            }
+        }
+    }
+
+    pub fn power_button(&self) -> Boxed<Result<(), String>> {
+        let c = self.client.clone();
+        Box::pin(async move {
+            c.put("vm.power-button", None)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    pub fn ping(&self, timeout: Duration) -> Boxed<Result<(), String>> {
+        let c = self.client.with_timeout(timeout);
+        Box::pin(async move { c.ping().await.map_err(|e| e.to_string()) })
+    }
+
+    pub fn cleanup(&mut self) {
+        self.api.cleanup();
+    }
+}
+
+fn translate(ev: &Event) -> BackendEvent {
+    match (ev.source.as_str(), ev.event.as_str()) {
+        ("vm", "booted") => BackendEvent::Booted,
+        ("vm", "rebooting") => BackendEvent::Info("the guest is rebooting".into()),
+        ("vm", "shutdown") => BackendEvent::Info("the guest powered off".into()),
+        ("guest", "panic") => BackendEvent::Warn("the guest kernel panicked".into()),
+        (s, e) => BackendEvent::Debug(format!("event {s}:{e}")),
+    }
+}
+
+async fn read_events(
+    rx: &mut Option<tokio::net::unix::pipe::Receiver>,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    match rx {
+        Some(r) => r.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Removes a socket nobody listens on; leaves anything else alone.
+fn remove_stale_socket(path: &Path) {
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if is_socket && std::os::unix::net::UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn json_body(v: &serde_json::Value) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(serde_json::to_vec(v).expect("a Value always serializes"))
+}
+
+async fn boot_sequence(
+    client: ApiClient,
+    create: Zeroizing<Vec<u8>>,
+    nets: Vec<(Zeroizing<Vec<u8>>, Vec<RawFd>)>,
+    devices: Vec<(Zeroizing<Vec<u8>>, RawFd)>,
+) -> Result<(), ApiError> {
+    client.put("vm.create", Some(create)).await?;
+    // vm.create drops fds from the JSON (cloud-hypervisor.md section 3); added before boot,
+    // the devices are part of the VM from its first instruction.
+    for (net, fds) in nets {
+        client
+            .request(Method::PUT, "vm.add-net", Some(net), &fds)
+            .await?;
+    }
+    for (dev, fd) in devices {
+        client
+            .request(Method::PUT, "vm.add-device", Some(dev), &[fd])
+            .await?;
+    }
+    client.put("vm.boot", None).await
+}
+
+/// `vm.info`'s state, for argvs that keep their own event monitor. Only `state` is
+/// deserialized; the config in the same answer (secrets included) is skipped, and the body
+/// buffer is zeroed on drop.
+async fn vm_running(client: &ApiClient) -> Result<bool, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Info {
+        state: String,
+    }
+    let resp = client.request(Method::GET, "vm.info", None, &[]).await?;
+    Ok(serde_json::from_slice::<Info>(&resp.body).is_ok_and(|i| i.state == "Running"))
+}

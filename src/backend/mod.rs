@@ -1,0 +1,102 @@
+//! Hypervisor backends: what differs between hypervisors (how the VM and its OEM strings are
+//! handed over, how boot and stop are observed and requested) behind one interface the
+//! supervisor drives.
+
+use std::future::{Future, pending};
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::hostenv::HostEnv;
+use crate::plan::{ChildArgs, Plan};
+use crate::supervisor::SuperviseError;
+
+pub mod ch;
+
+pub type Boxed<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// What a backend saw, for the supervisor to act on.
+#[derive(Debug)]
+pub enum BackendEvent {
+    /// The VM runs (vCPUs started).
+    Booted,
+    /// The VM config, secrets included, is in the hypervisor: credbridge's copies can go.
+    Handed,
+    /// Handing over or booting the VM failed. `maybe_exiting`: the failure looks like the
+    /// hypervisor going away, whose exit status would explain it better.
+    BootFailed {
+        msg: String,
+        maybe_exiting: bool,
+    },
+    Info(String),
+    Warn(String),
+    Debug(String),
+}
+
+pub enum Backend {
+    Ch(ch::ChBackend),
+}
+
+/// What the child needs: its arguments (after argv[0]) and the fds it keeps at their numbers.
+pub struct Spawn {
+    pub args: ChildArgs,
+    pub keep_fds: Vec<RawFd>,
+}
+
+impl Backend {
+    /// Creates the sockets, pipes and fds the child will get. Nothing is spawned here.
+    pub fn prepare(plan: &Plan, env: &HostEnv) -> Result<(Backend, Spawn), SuperviseError> {
+        let (b, spawn) = ch::ChBackend::prepare(plan, env)?;
+        Ok((Backend::Ch(b), spawn))
+    }
+
+    /// Right after spawn: drops our copies of the child's fds and starts handing over the VM.
+    pub fn spawned(&mut self, plan: &Plan) {
+        match self {
+            Backend::Ch(b) => b.spawned(plan),
+        }
+    }
+
+    /// The next thing worth the supervisor's attention; pending forever when there is none.
+    /// Cancel-safe: state lives in the backend, not in the returned future.
+    pub async fn next(&mut self) -> BackendEvent {
+        match self {
+            Backend::Ch(b) => b.next().await,
+        }
+    }
+
+    /// The ACPI power button.
+    pub fn power_button(&self) -> Boxed<Result<(), String>> {
+        match self {
+            Backend::Ch(b) => b.power_button(),
+        }
+    }
+
+    /// Whether the hypervisor still answers, for the watchdog.
+    pub fn ping(&self, timeout: Duration) -> Boxed<Result<(), String>> {
+        match self {
+            Backend::Ch(b) => b.ping(timeout),
+        }
+    }
+
+    /// Removes what `prepare` created on disk.
+    pub fn cleanup(&mut self) {
+        match self {
+            Backend::Ch(b) => b.cleanup(),
+        }
+    }
+}
+
+pub async fn maybe<T>(f: &mut Option<Boxed<T>>) -> T {
+    match f {
+        Some(f) => f.as_mut().await,
+        None => pending().await,
+    }
+}
+
+pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => pending().await,
+    }
+}
