@@ -309,7 +309,12 @@ fn render_redacts_values_and_starts_nothing() {
 fn platform_system_strings_lower_cloud_hypervisors_ceiling() {
     let rig = Rig::new();
     let kernel = rig.kernel();
-    let platform = ["--kernel", &kernel, "--platform", "system_manufacturer=Acme"];
+    let platform = [
+        "--kernel",
+        &kernel,
+        "--platform",
+        "system_manufacturer=Acme",
+    ];
     // "Acme" and its NUL take 5 bytes of the table: the largest budget drops from 65404.
     let out = run_to_end(&rig, "render", &["--smbios-budget", "65400"], &platform);
     let stderr = String::from_utf8_lossy(&out.stderr);
