@@ -33,8 +33,8 @@ e2e_check_release "$RELEASE"
 
 OWN_LOG=0
 if [ -z "$LOG" ]; then LOG="$(mktemp /tmp/credbridge-e2e-serial.XXXXXX)"; OWN_LOG=1; fi
-cleanup() { if [ "$OWN_LOG" = 1 ]; then rm -f "$LOG"; fi; }
-trap cleanup EXIT
+if [ "$OWN_LOG" = 1 ]; then trap 'rm -f "$LOG"' EXIT; fi
+trap 'exit 130' INT TERM HUP
 : >"$LOG"
 
 ACCEL="$(e2e_accel "$RELEASE")"

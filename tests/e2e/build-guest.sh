@@ -44,7 +44,8 @@ OUT="$CACHE_ROOT/$RELEASE"
 SELF="$HERE/build-guest.sh"
 KEY="$( (sha256sum <"$SELF"; echo "$RELEASE") | sha256sum | cut -c1-32)"
 
-log() { echo "build-guest[$RELEASE]: $*" >&2; }
+T0=$(date +%s)
+log() { echo "build-guest[$RELEASE] +$(( $(date +%s) - T0 ))s: $*" >&2; }
 
 if [ "$FORCE" = 0 ] && [ -f "$OUT/key" ] && [ "$(cat "$OUT/key")" = "$KEY" ] \
         && [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.img" ] && [ -s "$OUT/info" ]; then
@@ -56,8 +57,6 @@ if [ "$(id -u)" != 0 ]; then
     echo "build-guest.sh: must run as root (debootstrap)" >&2
     exit 1
 fi
-
-T0=$(date +%s)
 
 # ---------------------------------------------------------------- host tools
 export DEBIAN_FRONTEND=noninteractive
@@ -80,9 +79,9 @@ find_mirror() {
     local f u
     for f in /etc/apt/sources.list.d/*.sources; do
         [ -f "$f" ] || continue
-        for u in $(awk -F': *' 'tolower($1)=="uris"{print $2}' "$f"); do
+        while read -r u; do
             case "$u" in */debian|*/debian/) echo "${u%/}"; return ;; esac
-        done
+        done < <(sed -n 's/^URIs:[[:space:]]*//Ip' "$f" | tr -s ' \t' '\n')
     done
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
         [ -f "$f" ] || continue
@@ -97,17 +96,28 @@ log "mirror $MIRROR"
 
 # ---------------------------------------------------------------- work dir
 mkdir -p "$CACHE_ROOT" "$CACHE_ROOT/debs/$RELEASE"
-WORK="$(mktemp -d "$CACHE_ROOT/build-$RELEASE.XXXXXX")"
-cleanup() {
-    # debootstrap mounts proc/sys inside the target; never leave them behind and
-    # never let rm cross into a mount.
+# debootstrap mounts proc/sys inside the target; never leave them behind and
+# never let rm cross into a mount.
+remove_tree() {
     local m
-    for m in $(awk -v w="$WORK" 'index($2, w) == 1 {print $2}' /proc/self/mounts | sort -r); do
+    while read -r m; do
         umount -l "$m" 2>/dev/null || true
-    done
-    rm -rf --one-file-system "$WORK"
+    done < <(awk -v w="$1" 'index($2, w) == 1 {print $2}' /proc/self/mounts | sort -r)
+    rm -rf --one-file-system "$1"
 }
-trap cleanup EXIT
+# One build per release at a time; a second caller waits, then finds the cache.
+exec 9>"$CACHE_ROOT/$RELEASE.lock"
+flock 9
+if [ "$FORCE" = 0 ] && [ -f "$OUT/key" ] && [ "$(cat "$OUT/key")" = "$KEY" ]; then
+    log "cached guest was built meanwhile: $OUT"
+    exit 0
+fi
+for stale in "$CACHE_ROOT/build-$RELEASE".*; do
+    [ -e "$stale" ] && remove_tree "$stale"
+done
+WORK="$(mktemp -d "$CACHE_ROOT/build-$RELEASE.XXXXXX")"
+trap 'remove_tree "$WORK"' EXIT
+trap 'exit 130' INT TERM HUP
 ROOT="$WORK/root"
 
 # ---------------------------------------------------------------- rootfs
@@ -138,23 +148,23 @@ APTO=(-o Dir::Etc::SourceList="$A/etc/sources.list" -o Dir::Etc::SourceParts="$A
 apt-get "${APTO[@]}" -qq update
 KPKG="$(apt-cache "${APTO[@]}" depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')"
 [ -n "$KPKG" ] || { echo "build-guest.sh: cannot resolve linux-image-amd64 in $RELEASE" >&2; exit 1; }
-KDEB="$(ls "$CACHE_ROOT/debs/$RELEASE/${KPKG}_"*.deb 2>/dev/null | head -1 || true)"
-if [ -z "$KDEB" ]; then
+KVERSION="$(apt-cache "${APTO[@]}" show --no-all-versions "$KPKG" | awk '/^Version:/{print $2; exit}')"
+KDEB="$CACHE_ROOT/debs/$RELEASE/${KPKG}_${KVERSION//:/%3a}_amd64.deb"
+if [ ! -s "$KDEB" ]; then
     (cd "$A/deb" && apt-get "${APTO[@]}" -qq download "$KPKG")
-    mv "$A/deb/${KPKG}_"*.deb "$CACHE_ROOT/debs/$RELEASE/"
-    KDEB="$(ls "$CACHE_ROOT/debs/$RELEASE/${KPKG}_"*.deb | head -1)"
+    mv "$A/deb/${KPKG}_"*.deb "$KDEB"
 fi
 # keep only the newest kernel .deb in the download cache
 for old in "$CACHE_ROOT/debs/$RELEASE/"linux-image-*.deb; do
     [ "$old" = "$KDEB" ] || rm -f "$old"
 done
-dpkg-deb -x "$KDEB" "$WORK/k"
-KMODS=""
-for d in "$WORK"/k/usr/lib/modules/* "$WORK"/k/lib/modules/*; do
-    [ -d "$d/kernel" ] && { KMODS="$d"; break; }
-done
-[ -n "$KMODS" ] || { echo "build-guest.sh: no modules directory in $KDEB" >&2; exit 1; }
-KVER="${KMODS##*/}"
+# Only boot/ is needed (vmlinuz, config); the modules (~400 MB unpacked) only
+# if dmi_sysfs turns out to be one.
+mkdir -p "$WORK/k"
+dpkg-deb --fsys-tarfile "$KDEB" | tar -x -C "$WORK/k" --wildcards './boot/*'
+KCONFIG="$(find "$WORK/k/boot" -name 'config-*' -print -quit)"
+[ -n "$KCONFIG" ] || { echo "build-guest.sh: no boot/config-* in $KDEB" >&2; exit 1; }
+KVER="${KCONFIG##*/config-}"
 cp "$WORK/k/boot/vmlinuz-$KVER" "$WORK/vmlinuz"
 
 # Under TCG the bzImage's own xz decompression costs ~5 s.  The kernel is also
@@ -185,55 +195,46 @@ else
 fi
 
 # dmi_sysfs: systemd reads /sys/firmware/dmi/entries/11-*/raw when PID 1 imports
-# credentials, before udev exists.  Built in: nothing to do.  A module: put it
-# (and what it depends on) into the guest; PID 1's kmod_setup() loads
-# "dmi-sysfs" itself before importing credentials (systemd >= 252), and
-# /init below loads it too, so it is there whatever the systemd version.
-DMI_SYSFS="$(awk -F= '$1=="CONFIG_DMI_SYSFS"{print $2}' "$WORK/k/boot/config-$KVER")"
+# credentials, long before udev runs.  Debian builds it in (CONFIG_DMI_SYSFS=y
+# in bookworm's 6.1 and trixie's 6.12): nothing to do.  Were it a module, it
+# (and what it needs) goes into the guest with a modules.dep: PID 1's
+# kmod_setup() loads "dmi-sysfs" itself before it imports credentials (the
+# entry is in kmod_table since v252; Debian's 252 binary has it).
+DMI_SYSFS="$(awk -F= '$1=="CONFIG_DMI_SYSFS"{print $2}' "$KCONFIG")"
 DMI_SYSFS="${DMI_SYSFS:-n}"
 case "$DMI_SYSFS" in
     y) ;;
     m)
-        want="dmi-sysfs"
-        got=""
-        while [ -n "$want" ]; do
-            set -- $want; m="$1"; want="${want#"$m"}"; want="${want# }"
-            case " $got " in *" $m "*) continue ;; esac
-            f="$(find "$KMODS/kernel" -name "$m.ko*" -o -name "${m//-/_}.ko*" | head -1)"
+        dpkg-deb -x "$KDEB" "$WORK/k"
+        KMODS="$(find "$WORK/k/usr/lib/modules" "$WORK/k/lib/modules" -maxdepth 1 -name "$KVER" -print -quit 2>/dev/null)"
+        [ -n "$KMODS" ] || { echo "build-guest.sh: no modules for $KVER in $KDEB" >&2; exit 1; }
+        queue=(dmi-sysfs) got=()
+        while [ ${#queue[@]} -gt 0 ]; do
+            m="${queue[0]}"; queue=("${queue[@]:1}")
+            case " ${got[*]} " in *" $m "*) continue ;; esac
+            f="$(find "$KMODS/kernel" \( -name "$m.ko*" -o -name "${m//-/_}.ko*" \) -print -quit)"
             [ -n "$f" ] || { echo "build-guest.sh: module $m not found" >&2; exit 1; }
             rel="${f#"$KMODS/"}"
             mkdir -p "$ROOT/usr/lib/modules/$KVER/$(dirname "$rel")"
             cp "$f" "$ROOT/usr/lib/modules/$KVER/$rel"
-            got="$got $m"
-            deps="$(/sbin/modinfo -F depends "$f" | tr ',' ' ')"
-            want="$want $deps"
+            got+=("$m")
+            read -ra deps < <(/sbin/modinfo -F depends "$f" | tr ',' ' ') || true
+            queue+=("${deps[@]}")
         done
         cp "$KMODS"/modules.order "$KMODS"/modules.builtin* "$ROOT/usr/lib/modules/$KVER/" 2>/dev/null || true
         # usrmerge: /lib is a symlink to usr/lib in both releases
         chroot "$ROOT" /sbin/depmod "$KVER" 2>/dev/null || /sbin/depmod -b "$ROOT/usr" "$KVER" || /sbin/depmod -b "$ROOT" "$KVER"
-        log "dmi_sysfs is a module; shipped:$got"
+        log "dmi_sysfs is a module; shipped: ${got[*]}"
         ;;
     *) echo "build-guest.sh: kernel $KVER has no DMI_SYSFS ($DMI_SYSFS)" >&2; exit 1 ;;
 esac
 
 # ---------------------------------------------------------------- guest config
 log "configuring guest"
-# PID 1.  A tiny shell would cost a fork per module; instead /init loads the
-# module only when /sys/firmware/dmi/entries is missing, then execs systemd so
-# systemd keeps PID 1.
-cat >"$ROOT/init" <<'EOF'
-#!/bin/sh
-# credbridge e2e guest: make sure dmi_sysfs is there before systemd imports
-# credentials, then become systemd (same PID 1).
-if [ ! -d /sys/firmware/dmi/entries ]; then
-    mount -t proc proc /proc 2>/dev/null
-    mount -t sysfs sysfs /sys 2>/dev/null
-    [ -d /sys/firmware/dmi/entries ] || /sbin/modprobe dmi-sysfs 2>/dev/null || /sbin/modprobe dmi_sysfs
-    umount /sys /proc 2>/dev/null
-fi
-exec /lib/systemd/systemd "$@"
-EOF
-chmod 0755 "$ROOT/init"
+# PID 1: the kernel runs /init from the initramfs, and /init IS systemd, so the
+# distribution's systemd is PID 1 from the first instruction of user space and
+# imports the credentials exactly as on a real machine.  (dmi_sysfs: see above.)
+ln -sfn /lib/systemd/systemd "$ROOT/init"
 
 # Not a first boot (no machine-id generation, no preset-all), fixed id.
 echo "c0ffee00c0ffee00c0ffee00c0ffee00" >"$ROOT/etc/machine-id"
@@ -326,6 +327,7 @@ mkdir -p "$ROOT/usr/share/locale"
 
 # ---------------------------------------------------------------- initramfs
 log "packing initramfs"
+# shellcheck disable=SC2016 # ${Version} is dpkg-query's, not ours
 SYSTEMD_VER="$(chroot "$ROOT" dpkg-query -W -f='${Version}' systemd)"
 (cd "$ROOT" && find . -mindepth 1 -print0 | LC_ALL=C sort -z \
     | cpio --null --create --format=newc --quiet) >"$WORK/initrd.img"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for the credbridge e2e scripts.  Source it; it defines
 # functions and E2E_* variables only.
 
