@@ -122,9 +122,10 @@ ROOT="$WORK/root"
 
 # ---------------------------------------------------------------- rootfs
 # minbase + systemd as init.  No udev, no dbus, no getty: nothing the report
-# needs, and every unit costs seconds under TCG.
+# needs, and every unit costs seconds under TCG.  libkmod2: systemd >= 256
+# dlopen()s it (only a Recommends in trixie) for PID 1's early module loading.
 log "debootstrap (minbase + systemd)"
-debootstrap --variant=minbase --include=systemd,systemd-sysv \
+debootstrap --variant=minbase --include=systemd,systemd-sysv,libkmod2 \
     --cache-dir="$CACHE_ROOT/debs/$RELEASE" \
     "$RELEASE" "$ROOT" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 || {
         tail -30 "$WORK/debootstrap.log" >&2
