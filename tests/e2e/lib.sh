@@ -49,7 +49,7 @@ e2e_accel() {
     log="$(mktemp)"
     # The kernel alone, no initramfs: it panics at once ("unable to mount root")
     # and panic=-1 + -no-reboot makes QEMU exit.  Working KVM does this in ~1 s.
-    if timeout --kill-after=2 15 qemu-system-x86_64 -machine pc -accel kvm -cpu host -m 256M \
+    if timeout --kill-after=2 10 qemu-system-x86_64 -machine pc -accel kvm -cpu host -m 256M \
             -nodefaults -display none -no-reboot -serial "file:$log" \
             -kernel "$(e2e_kernel "$release")" -append "console=ttyS0 panic=-1" \
             </dev/null >/dev/null 2>&1 && grep -q 'Kernel panic' "$log"; then

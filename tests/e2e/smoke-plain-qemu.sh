@@ -17,6 +17,8 @@
 #   special      , " [ ] = and newlines (incl. a trailing one), plain form, path=
 #   <255 bytes>  a name at the 255-byte limit
 #   <256 bytes>  a name one byte over: must NOT be imported
+#   fd.file      path=/dev/fd/7, an inherited fd on a regular file
+#   fd.pipe      path=/dev/fd/8, an inherited fd on a pipe
 # Boot 2 (the 4 KiB demonstration): one entry whose strings total > 4096
 # bytes: 'big' (5000-byte value) then 'after'.  systemd < 257 reads only the
 # first 4096 bytes of the entry: 'big' arrives cut (or not at all) and 'after'
@@ -75,14 +77,27 @@ for f in "$W"/in/*; do
     if [ "$(tr -d '\000' <"$f" | wc -c)" != "$(wc -c <"$f")" ]; then e2e_die "$f contains NUL (QEMU refuses that)"; fi
 done
 
+# credbridge's QEMU backend passes each string as path=/dev/fd/N: an inherited
+# fd on a regular file (fd 7) and on a pipe (fd 8).
+expect fd.file 'via path=/dev/fd/7, a regular file'
+printf 'io.systemd.credential:fd.file=%s' "$(cat "$W/exp/fd.file")" >"$W/in/fd.file"
+expect fd.pipe 'via path=/dev/fd/8, a pipe'
+printf 'io.systemd.credential:fd.pipe=%s' "$(cat "$W/exp/fd.pipe")" >"$W/in/fd.pipe"
+open_fds() { # fresh per boot: a pipe is drained by the first reader
+    exec 7<"$W/in/fd.file"
+    exec 8< <(cat "$W/in/fd.pipe")
+}
+
 BOOT1=(-smbios "type=11,path=$W/in/ascii.path"
        -smbios "type=11,value=io.systemd.credential:ascii.value=$(cat "$W/exp/ascii.value")"
        -smbios "type=11,value=io.systemd.credential:comma.value=a,,b,,c=d"
        -smbios "type=11,path=$W/in/allbytes"
        -smbios "type=11,path=$W/in/special"
        -smbios "type=11,path=$W/in/name255"
-       -smbios "type=11,path=$W/in/name256")
-BOOT1_NAMES=(ascii.path ascii.value comma.value allbytes special "$NAME255")
+       -smbios "type=11,path=$W/in/name256"
+       -smbios "type=11,path=/dev/fd/7"
+       -smbios "type=11,path=/dev/fd/8")
+BOOT1_NAMES=(ascii.path ascii.value comma.value allbytes special "$NAME255" fd.file fd.pipe)
 
 # 4 KiB demonstration
 mkdir -p "$W/exp4"
@@ -147,6 +162,7 @@ for r in "${RELEASES[@]}"; do
     echo "# $r: guest ready after $(awk -v a="$tb" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')s ($(tr '\n' ' ' <"$E2E_CACHE/$r/info" | sed 's/mirror=[^ ]* //'))"
 
     rep="$W/report-$r-1"
+    open_fds
     if ! boot "$r" "$rep" "${BOOT1[@]}"; then
         fail "$r: boot 1 gave no report"
         continue
