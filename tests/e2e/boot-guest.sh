@@ -10,7 +10,8 @@
 # foreground under a timeout, with the serial console in a log file, then prints
 # the report lines found between CREDBRIDGE-E2E-BEGIN and CREDBRIDGE-E2E-END
 # (--full: the whole serial log instead).  Format of the report: README.md.
-# Exit: 0 report printed; 1 no report (serial tail on stderr); 124 timeout.
+# Exit: 0 report printed; 1 no report (serial tail on stderr); 124 timeout;
+# 130 interrupted (QEMU is stopped first).
 set -euo pipefail
 E2E_PROG=boot-guest.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
         --append-extra) EXTRA="$2"; shift 2 ;;
         --full) FULL=1; shift ;;
         --) shift; break ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) e2e_die "unknown argument: $1 (QEMU arguments go after --)" ;;
     esac
 done
@@ -42,9 +43,14 @@ e2e_qemu_args "$RELEASE" "$ACCEL" "file:$LOG" "$EXTRA"
 
 t0=$(date +%s.%N)
 rc=0
-# timeout runs QEMU in the foreground and kills it (then SIGKILL) at the limit,
-# so nothing is left running.
-timeout --kill-after=5 "$TIMEOUT" qemu-system-x86_64 "${E2E_ARGS[@]}" "$@" </dev/null || rc=$?
+# timeout kills QEMU (then SIGKILL) at the limit.  timeout puts itself in its own
+# process group, so a signal to ours would miss it: forward INT/TERM/HUP, and
+# wait for it, so that nothing is left running either way.
+timeout --kill-after=5 "$TIMEOUT" qemu-system-x86_64 "${E2E_ARGS[@]}" "$@" </dev/null &
+QPID=$!
+trap 'kill -TERM "$QPID" 2>/dev/null; wait "$QPID" 2>/dev/null; exit 130' INT TERM HUP
+wait "$QPID" || rc=$?
+trap 'exit 130' INT TERM HUP
 secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 
 if [ "$FULL" = 1 ]; then tr -d '\r' <"$LOG"; fi
