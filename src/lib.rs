@@ -15,6 +15,7 @@ pub mod logging;
 pub mod notify;
 pub mod oem;
 pub mod plan;
+pub mod qemu;
 pub mod render;
 pub mod supervisor;
 pub mod sys;

@@ -158,3 +158,64 @@ pub fn die_by_signal(sig: i32) -> ! {
 pub fn raw(fd: &impl AsRawFd) -> RawFd {
     fd.as_raw_fd()
 }
+
+/// A memfd holding `contents`, sealed so that nobody can change it afterwards.
+///
+/// This is how an OEM string reaches QEMU without a file on disk or a value in argv: the
+/// child inherits the fd and reads `-smbios type=11,path=/dev/fd/N` (opening `/dev/fd/N` of a
+/// memfd reopens the same memory, at offset 0). MFD_CLOEXEC keeps it from every other child;
+/// the supervisor clears the flag for the hypervisor alone. The seals (memfd_create(2),
+/// "File sealing") make it immutable and fixed in size: F_SEAL_WRITE|F_SEAL_SHRINK|F_SEAL_GROW,
+/// then F_SEAL_SEAL so that no seal can be removed or added. The kernel refuses F_SEAL_WRITE
+/// while a writable shared mapping exists; there is none, we write with write(2).
+///
+/// `name` is only a label in /proc/PID/fd (`/memfd:NAME`); never put a value in it.
+pub fn sealed_memfd(name: &str, contents: &[u8]) -> io::Result<OwnedFd> {
+    use nix::fcntl::SealFlag;
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    let mut file = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut file, contents)?;
+    let fd = OwnedFd::from(file);
+    fcntl(
+        &fd,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SEAL
+                | SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_WRITE,
+        ),
+    )?;
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, Write};
+
+    #[test]
+    fn sealed_memfd_reads_back_and_refuses_changes() {
+        let value: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+        let fd = sealed_memfd("credbridge-test", &value).unwrap();
+        // Reading through /proc/self/fd reopens it, as QEMU does with /dev/fd/N.
+        let back = std::fs::read(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        assert_eq!(back, value);
+        let mut file = std::fs::File::from(fd);
+        file.rewind().unwrap();
+        let mut again = Vec::new();
+        file.read_to_end(&mut again).unwrap();
+        assert_eq!(again, value);
+        assert!(file.write_all(b"x").is_err(), "F_SEAL_WRITE");
+        assert!(file.set_len(1).is_err(), "F_SEAL_SHRINK");
+        assert!(file.set_len(10_000).is_err(), "F_SEAL_GROW");
+        let seals = fcntl(&file, FcntlArg::F_GET_SEALS).unwrap();
+        assert_ne!(seals & libc::F_SEAL_SEAL, 0);
+        let flags = fcntl(&file, FcntlArg::F_GETFD).unwrap();
+        assert_ne!(
+            flags & libc::FD_CLOEXEC,
+            0,
+            "close-on-exec until the child clears it"
+        );
+    }
+}

@@ -1,0 +1,735 @@
+//! QEMU's command line: what credbridge reads from the argv it is given (the argv's own SMBIOS
+//! type 11 strings, monitors, inherited fds) and what it adds (one `-smbios type=11,path=` per
+//! OEM string, each a sealed memfd, and its own QMP monitor on a socketpair).
+//!
+//! QEMU's grammar, as checked against qemu-system-x86_64 7.2: an option is `-name` or `--name`,
+//! its argument is always the next argv element (`-smbios=x` is not accepted), and an argument
+//! is a list of `key=value` items separated by `,`, where `,,` stands for a literal comma.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use crate::oem::{OemString, Origin};
+
+/// Id of the chardev credbridge's QMP monitor runs on.
+pub const QMP_CHARDEV_ID: &str = "credbridge-qmp";
+
+/// QEMU 7.2's options that take no argument (every other option takes exactly one). Taken from
+/// `qemu-options.hx` and checked one by one with `qemu-system-x86_64 OPTION -version`.
+const NO_ARGUMENT: &[&str] = &[
+    "h",
+    "help",
+    "version",
+    "S",
+    "s",
+    "async-teardown",
+    "daemonize",
+    "enable-kvm",
+    "enable-sync-profile",
+    "full-screen",
+    "mem-prealloc",
+    "no-acpi",
+    "no-fd-bootchk",
+    "no-hpet",
+    "no-reboot",
+    "no-shutdown",
+    "no-user-config",
+    "nodefaults",
+    "nographic",
+    "only-migratable",
+    "portrait",
+    "preconfig",
+    "semihosting",
+    "singlestep",
+    "snapshot",
+    "usb",
+    "win2k-hack",
+    "xen-attach",
+    "xen-domid-restrict",
+];
+
+/// Options whose argument may name an inherited fd (`fd=N`, `fds=N:M`, `vhostfd=N`, ...).
+const FD_KEYS: &[&str] = &["fd", "fds", "vhostfd", "vhostfds"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArgvError {
+    #[error(
+        "QEMU option {option} has no argument\nhint: every QEMU option except flags like -S takes the next argv element"
+    )]
+    MissingArgument { option: String },
+    #[error("-smbios {arg:?}: {reason}\nhint: QEMU would refuse it too")]
+    Smbios { arg: String, reason: String },
+    #[error("cannot read -smbios type=11,path={}: {source}\nhint: credbridge reads the file to check the SMBIOS limits before QEMU starts", path.display())]
+    ReadPath { path: PathBuf, source: io::Error },
+    #[error("-smbios type=11,path={} is a {kind}, not a regular file; credbridge reads the file to check the SMBIOS limits, which would take a pipe's data away from QEMU\nhint: use a regular file, or --oem-string", path.display())]
+    PathNotRegular { path: PathBuf, kind: &'static str },
+    #[error("-smbios type=11,path={} contains a NUL byte at offset {offset}; QEMU would cut the string there\nhint: remove it, or pass binary data as a credential (base64 form)", path.display())]
+    PathNul { path: PathBuf, offset: usize },
+    #[error("-smbios file={} holds a binary type 11 structure; QEMU then ignores every -smbios type=11 string, credbridge's included\nhint: give those strings as -smbios type=11,value=... or path=... instead", path.display())]
+    BinaryType11 { path: PathBuf },
+    #[error(
+        "-daemonize: QEMU would fork into the background and its first process exit at once, leaving nothing to supervise\nhint: remove -daemonize; systemd keeps credbridge in the background"
+    )]
+    Daemonize,
+    #[error(
+        "the argv already has a chardev with id {QMP_CHARDEV_ID:?}, which credbridge uses for its own QMP monitor\nhint: rename that chardev"
+    )]
+    ChardevIdTaken,
+}
+
+/// An `-smbios type=11` string of the argv, before it is checked with the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgvSource {
+    /// `value=`, with `,,` already turned into `,`.
+    Value,
+    /// `path=FILE`: the file's content.
+    Path(PathBuf),
+}
+
+/// What credbridge needs to know about the QEMU argv it was given.
+#[derive(Debug, Default)]
+pub struct QemuArgv {
+    /// The argv's own type 11 strings, in the order QEMU puts them into the entry. They come
+    /// before every string credbridge adds, because credbridge's `-smbios` options follow the
+    /// argv (verified with QEMU 7.2 and a systemd 252 guest: on a duplicate name the argv's
+    /// string, the first, wins).
+    pub oem_strings: Vec<(Vec<u8>, ArgvSource)>,
+    /// The argv's own monitors (`-qmp`, `-qmp-pretty`, `-mon`, `-monitor`), kept as given;
+    /// credbridge adds its own QMP monitor regardless.
+    pub monitors: Vec<String>,
+    /// Fds the argv names (`fd=`, `fds=`, `vhostfd=`, `vhostfds=`, `/dev/fd/N` paths,
+    /// `-add-fd fd=`): the child must inherit them at the same numbers.
+    pub inherited_fds: Vec<RawFd>,
+    /// `-S`: QEMU starts paused; the VM runs only after a `cont` (QMP status `prelaunch`).
+    pub start_paused: bool,
+    /// `-no-shutdown`: QEMU stays alive, paused, after the guest powers off.
+    pub no_shutdown: bool,
+    /// `-no-reboot`: a guest reboot makes QEMU exit.
+    pub no_reboot: bool,
+    /// The `-machine`/`-M` type, if the argv names one.
+    pub machine: Option<String>,
+}
+
+impl QemuArgv {
+    /// The argv's own strings as [`OemString`]s with [`Origin::Argv`], to put first in the
+    /// list that [`crate::oem::validate`] checks.
+    pub fn argv_oem_strings(&self) -> Vec<OemString> {
+        self.oem_strings
+            .iter()
+            .map(|(bytes, _)| OemString::public(&String::from_utf8_lossy(bytes), Origin::Argv))
+            .collect()
+    }
+}
+
+/// Whether `program` is a QEMU system emulator (`qemu-system-*`, or `qemu-kvm` as some
+/// distributions name it), by its file name.
+pub fn is_qemu(program: &OsStr) -> bool {
+    let name = Path::new(program)
+        .file_name()
+        .map(OsStr::as_bytes)
+        .unwrap_or_default();
+    name.starts_with(b"qemu-system-") || name == b"qemu-kvm"
+}
+
+/// One `key=value` item of a QEMU option argument; `value` is `None` for a bare flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Splits an option argument at single commas, turning `,,` into `,` (QEMU's
+/// `qemu_opts_parse`). A bare `key` is a flag.
+pub fn split_items(arg: &[u8]) -> Vec<Item> {
+    let mut items = Vec::new();
+    let mut cur = Vec::new();
+    let mut i = 0;
+    while i <= arg.len() {
+        if i == arg.len() || arg[i] == b',' {
+            if i + 1 < arg.len() && arg[i] == b',' && arg[i + 1] == b',' {
+                cur.push(b',');
+                i += 2;
+                continue;
+            }
+            if !cur.is_empty() || i < arg.len() {
+                let item = match cur.iter().position(|&b| b == b'=') {
+                    Some(eq) => Item {
+                        key: String::from_utf8_lossy(&cur[..eq]).into_owned(),
+                        value: Some(cur[eq + 1..].to_vec()),
+                    },
+                    None => Item {
+                        key: String::from_utf8_lossy(&cur).into_owned(),
+                        value: None,
+                    },
+                };
+                items.push(item);
+            }
+            cur.clear();
+            i += 1;
+            continue;
+        }
+        cur.push(arg[i]);
+        i += 1;
+    }
+    items
+}
+
+/// Escapes a value for a QEMU option argument: every `,` doubled.
+pub fn escape_value(v: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len());
+    for &b in v {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    out
+}
+
+/// A QEMU number as `qemu_strtou64(.., base 0)` reads it: decimal, `0x` hex or `0` octal.
+fn parse_number(s: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(s).ok()?.trim();
+    if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        u64::from_str_radix(h, 16).ok()
+    } else if s.len() > 1 && s.starts_with('0') {
+        u64::from_str_radix(&s[1..], 8).ok()
+    } else {
+        s.parse().ok()
+    }
+}
+
+fn fd_of_path(p: &[u8]) -> Option<RawFd> {
+    let n = p
+        .strip_prefix(b"/dev/fd/")
+        .or_else(|| p.strip_prefix(b"/proc/self/fd/"))?;
+    std::str::from_utf8(n).ok()?.parse().ok()
+}
+
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO or pipe"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else {
+        "special file"
+    }
+}
+
+fn short(arg: &[u8]) -> String {
+    let s = String::from_utf8_lossy(arg);
+    if s.chars().count() > 80 {
+        format!("{}...", s.chars().take(80).collect::<String>())
+    } else {
+        s.into_owned()
+    }
+}
+
+/// Reads a `path=` string as QEMU will: the whole file (QEMU 7.2 uses g_file_get_contents).
+/// Only regular files: a pipe read here would be empty for QEMU.
+fn read_path_string(path: &Path) -> Result<Vec<u8>, ArgvError> {
+    let meta = std::fs::metadata(path).map_err(|source| ArgvError::ReadPath {
+        path: path.into(),
+        source,
+    })?;
+    if !meta.file_type().is_file() {
+        return Err(ArgvError::PathNotRegular {
+            path: path.into(),
+            kind: file_kind(meta.file_type()),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(|source| ArgvError::ReadPath {
+        path: path.into(),
+        source,
+    })?;
+    if let Some(offset) = bytes.iter().position(|&b| b == 0) {
+        return Err(ArgvError::PathNul {
+            path: path.into(),
+            offset,
+        });
+    }
+    Ok(bytes)
+}
+
+/// The structure types in an `-smbios file=` blob: each is a formatted area (its length in
+/// byte 1) followed by strings ending in a double NUL.
+fn blob_types(blob: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at + 4 <= blob.len() {
+        types.push(blob[at]);
+        let mut i = at + (blob[at + 1] as usize).max(4);
+        // The string set ends at the first double NUL after the formatted area.
+        while i + 1 < blob.len() && !(blob[i] == 0 && blob[i + 1] == 0) {
+            i += 1;
+        }
+        at = i + 2;
+    }
+    types
+}
+
+fn smbios(arg: &[u8], out: &mut QemuArgv) -> Result<(), ArgvError> {
+    let items = split_items(arg);
+    let err = |reason: String| ArgvError::Smbios {
+        arg: short(arg),
+        reason,
+    };
+    if let Some(file) = items.iter().find(|i| i.key == "file") {
+        let path = PathBuf::from(OsStr::from_bytes(file.value.as_deref().unwrap_or_default()));
+        // Unreadable blobs are QEMU's to report; only a type 11 blob changes what we do.
+        if let Ok(blob) = std::fs::read(&path) {
+            if blob_types(&blob).contains(&11) {
+                return Err(ArgvError::BinaryType11 { path });
+            }
+        }
+        return Ok(());
+    }
+    // qemu_opt_get returns the last `type=`.
+    let Some(ty) = items.iter().rev().find(|i| i.key == "type") else {
+        return Err(err("no type= and no file=".into()));
+    };
+    let ty = ty
+        .value
+        .as_deref()
+        .and_then(parse_number)
+        .ok_or_else(|| err("type= is not a number".into()))?;
+    if ty != 11 {
+        return Ok(());
+    }
+    // QEMU reads value= and path= items in the order given (save_opt_list walks the list).
+    for item in items.iter().filter(|i| i.key != "type") {
+        match (item.key.as_str(), &item.value) {
+            ("value", Some(v)) => out.oem_strings.push((v.clone(), ArgvSource::Value)),
+            ("path", Some(p)) => {
+                if let Some(fd) = fd_of_path(p) {
+                    out.inherited_fds.push(fd);
+                }
+                let path = PathBuf::from(OsStr::from_bytes(p));
+                let bytes = read_path_string(&path)?;
+                out.oem_strings.push((bytes, ArgvSource::Path(path)));
+            }
+            (k, _) => {
+                return Err(err(format!(
+                    "type 11 takes only value= and path=, not {k:?}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn collect_fds(option: &str, arg: &[u8], out: &mut QemuArgv) {
+    for item in split_items(arg) {
+        let Some(v) = &item.value else { continue };
+        if FD_KEYS.contains(&item.key.as_str()) {
+            for n in v.split(|&b| b == b':') {
+                if let Some(fd) = std::str::from_utf8(n).ok().and_then(|s| s.parse().ok()) {
+                    out.inherited_fds.push(fd);
+                }
+            }
+        } else if option != "smbios" {
+            if let Some(fd) = fd_of_path(v) {
+                out.inherited_fds.push(fd);
+            }
+        }
+    }
+}
+
+/// Reads the argv given after the program. Reads `-smbios type=11,path=` files (to learn
+/// their strings); starts and creates nothing.
+pub fn parse_argv(args: &[OsString]) -> Result<QemuArgv, ArgvError> {
+    let mut out = QemuArgv::default();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_bytes();
+        i += 1;
+        let Some(name) = a.strip_prefix(b"--").or_else(|| a.strip_prefix(b"-")) else {
+            // A bare argument is the disk image (-hda); nothing of ours.
+            continue;
+        };
+        let name = String::from_utf8_lossy(name).into_owned();
+        if NO_ARGUMENT.contains(&name.as_str()) {
+            match name.as_str() {
+                "daemonize" => return Err(ArgvError::Daemonize),
+                "S" => out.start_paused = true,
+                "no-shutdown" => out.no_shutdown = true,
+                "no-reboot" => out.no_reboot = true,
+                _ => {}
+            }
+            continue;
+        }
+        let Some(arg) = args.get(i) else {
+            return Err(ArgvError::MissingArgument {
+                option: String::from_utf8_lossy(a).into_owned(),
+            });
+        };
+        i += 1;
+        let arg = arg.as_bytes();
+        match name.as_str() {
+            "smbios" => smbios(arg, &mut out)?,
+            "qmp" | "qmp-pretty" | "mon" | "monitor" => {
+                out.monitors.push(format!("-{name} {}", short(arg)))
+            }
+            "chardev" => {
+                let items = split_items(arg);
+                if items
+                    .iter()
+                    .any(|i| i.key == "id" && i.value.as_deref() == Some(QMP_CHARDEV_ID.as_bytes()))
+                {
+                    return Err(ArgvError::ChardevIdTaken);
+                }
+            }
+            "machine" | "M" => {
+                let items = split_items(arg);
+                // The machine type is `type=` or the leading bare item.
+                let ty = items
+                    .iter()
+                    .find(|i| i.key == "type")
+                    .and_then(|i| i.value.clone())
+                    .or_else(|| {
+                        items
+                            .first()
+                            .filter(|i| i.value.is_none())
+                            .map(|i| i.key.clone().into_bytes())
+                    });
+                if let Some(t) = ty {
+                    out.machine = Some(String::from_utf8_lossy(&t).into_owned());
+                }
+            }
+            _ => {}
+        }
+        collect_fds(&name, arg, &mut out);
+    }
+    out.inherited_fds.sort_unstable();
+    out.inherited_fds.dedup();
+    Ok(out)
+}
+
+/// The child's arguments after argv[0]: the user's argv unchanged, then one
+/// `-smbios type=11,path=/dev/fd/N` per string credbridge adds (`smbios_fds`, in order), then
+/// credbridge's QMP monitor on `qmp_fd`. Pure, so `render` can call it with placeholder fd
+/// numbers; nothing secret is in it.
+pub fn child_args(user_args: &[OsString], smbios_fds: &[RawFd], qmp_fd: RawFd) -> Vec<OsString> {
+    let mut args = user_args.to_vec();
+    for fd in smbios_fds {
+        args.push("-smbios".into());
+        args.push(format!("type=11,path=/dev/fd/{fd}").into());
+    }
+    // A connected socketpair end works as a client-mode socket chardev (QEMU 7.2: `fd=` of
+    // an already connected stream socket; checked with qmp_capabilities, query-status and
+    // quit). No path on disk, nobody else can connect, and no listen/accept race.
+    args.push("-chardev".into());
+    args.push(format!("socket,id={QMP_CHARDEV_ID},fd={qmp_fd}").into());
+    args.push("-mon".into());
+    args.push(format!("chardev={QMP_CHARDEV_ID},mode=control").into());
+    args
+}
+
+/// Everything created for one QEMU start. Keep it alive until the child is spawned, then
+/// drop [`Launch::memfds`] and [`Launch::qmp_child`] (the child has its own copies).
+#[derive(Debug)]
+pub struct Launch {
+    /// The child's arguments after argv[0] (see [`child_args`]).
+    pub args: Vec<OsString>,
+    /// One sealed memfd per string credbridge adds, in SMBIOS order. Close-on-exec here.
+    pub memfds: Vec<OwnedFd>,
+    /// Credbridge's end of the QMP socketpair, for [`crate::qemu::qmp::Qmp::connect`].
+    pub qmp: UnixStream,
+    /// The child's end of the QMP socketpair (`-chardev socket,fd=N`).
+    pub qmp_child: OwnedFd,
+    /// The fds whose close-on-exec flag the child must clear (`sys::prepare_child`'s `keep`):
+    /// the memfds, the child's QMP end and the argv's own inherited fds.
+    pub keep: Vec<RawFd>,
+}
+
+/// Creates one sealed memfd per string that is not the argv's own (origin other than
+/// [`Origin::Argv`]), in order, and the QMP socketpair, and builds the child's arguments.
+///
+/// `strings` is the validated list in SMBIOS order (the argv's own first, as
+/// [`QemuArgv::argv_oem_strings`] gives them); the argv's strings are skipped because QEMU
+/// already gets them from its own `-smbios` options.
+pub fn launch(
+    user_args: &[OsString],
+    parsed: &QemuArgv,
+    strings: &[OemString],
+) -> io::Result<Launch> {
+    let mut memfds = Vec::new();
+    for (i, s) in strings
+        .iter()
+        .filter(|s| s.origin != Origin::Argv)
+        .enumerate()
+    {
+        memfds.push(crate::sys::sealed_memfd(
+            &format!("credbridge-oem-{i}"),
+            s.expose(),
+        )?);
+    }
+    let (ours, theirs) = UnixStream::pair()?;
+    let qmp_child = OwnedFd::from(theirs);
+    let smbios_fds: Vec<RawFd> = memfds.iter().map(AsRawFd::as_raw_fd).collect();
+    let args = child_args(user_args, &smbios_fds, qmp_child.as_raw_fd());
+    let mut keep = smbios_fds;
+    keep.push(qmp_child.as_raw_fd());
+    keep.extend(&parsed.inherited_fds);
+    Ok(Launch {
+        args,
+        memfds,
+        qmp: ours,
+        qmp_child,
+        keep,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn items_split_at_single_commas_only() {
+        let items = split_items(b"type=11,value=a,,b,,,c=d,flag");
+        assert_eq!(
+            items,
+            vec![
+                Item {
+                    key: "type".into(),
+                    value: Some(b"11".to_vec())
+                },
+                Item {
+                    key: "value".into(),
+                    value: Some(b"a,b,".to_vec())
+                },
+                Item {
+                    key: "c".into(),
+                    value: Some(b"d".to_vec())
+                },
+                Item {
+                    key: "flag".into(),
+                    value: None
+                },
+            ]
+        );
+        assert_eq!(escape_value(b"a,b,,c"), b"a,,b,,,,c");
+        assert_eq!(
+            split_items(&[b"value=".as_slice(), &escape_value(b",x,")].concat())[0]
+                .value
+                .as_deref(),
+            Some(b",x,".as_slice())
+        );
+    }
+
+    #[test]
+    fn recognises_qemu_by_file_name() {
+        assert!(is_qemu(OsStr::new("qemu-system-x86_64")));
+        assert!(is_qemu(OsStr::new("/nix/store/x/bin/qemu-system-aarch64")));
+        assert!(is_qemu(OsStr::new("qemu-kvm")));
+        assert!(!is_qemu(OsStr::new("cloud-hypervisor")));
+        assert!(!is_qemu(OsStr::new("/usr/bin/qemu-img")));
+    }
+
+    #[test]
+    fn reads_the_argvs_own_type_11_strings_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s");
+        std::fs::write(&f, b"io.systemd.credential:f=from, file\n").unwrap();
+        let args = vec![
+            OsString::from("-smbios"),
+            OsString::from("type=1,serial=x"),
+            OsString::from("--smbios"),
+            OsString::from(
+                "type=11,value=io.systemd.credential:a=1,,2,path=".to_owned() + f.to_str().unwrap(),
+            ),
+            OsString::from("-append"),
+            OsString::from("-smbios type=11,value=not-an-option"),
+            OsString::from("-smbios"),
+            OsString::from("type=0xb,value=last"),
+        ];
+        let p = parse_argv(&args).unwrap();
+        let got: Vec<&[u8]> = p.oem_strings.iter().map(|(b, _)| b.as_slice()).collect();
+        assert_eq!(
+            got,
+            vec![
+                b"io.systemd.credential:a=1,2".as_slice(),
+                b"io.systemd.credential:f=from, file\n",
+                b"last"
+            ]
+        );
+        assert_eq!(p.oem_strings[1].1, ArgvSource::Path(f));
+        let o = p.argv_oem_strings();
+        assert_eq!(o[0].origin, Origin::Argv);
+        assert_eq!(o[0].guest_name.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn refuses_what_would_break_delivery_or_supervision() {
+        assert!(matches!(
+            parse_argv(&os(&["-m", "1G", "-daemonize"])),
+            Err(ArgvError::Daemonize)
+        ));
+        assert!(matches!(
+            parse_argv(&os(&["-kernel"])),
+            Err(ArgvError::MissingArgument { .. })
+        ));
+        assert!(matches!(
+            parse_argv(&os(&["-smbios", "type=11,vaule=x"])),
+            Err(ArgvError::Smbios { .. })
+        ));
+        assert!(matches!(
+            parse_argv(&os(&["-chardev", "socket,id=credbridge-qmp,path=/x"])),
+            Err(ArgvError::ChardevIdTaken)
+        ));
+        let e = parse_argv(&os(&["-smbios", "type=11,path=/nonexistent/x"])).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cannot read -smbios type=11,path=/nonexistent/x"),
+            "{e}"
+        );
+        let e = parse_argv(&os(&["-smbios", "type=11,path=/dev/null"])).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ArgvError::PathNotRegular {
+                    kind: "character device",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let nul = dir.path().join("nul");
+        std::fs::write(&nul, b"ab\0c").unwrap();
+        let e = parse_argv(&[
+            OsString::from("-smbios"),
+            format!("type=11,path={}", nul.display()).into(),
+        ])
+        .unwrap_err();
+        assert!(matches!(e, ArgvError::PathNul { offset: 2, .. }));
+
+        // A binary type 11 structure: header (type 11, length 5, handle), count, strings.
+        let blob = dir.path().join("t11.bin");
+        std::fs::write(&blob, b"\x0b\x05\x00\x0b\x01abc\0\0").unwrap();
+        let e = parse_argv(&[
+            OsString::from("-smbios"),
+            format!("file={}", blob.display()).into(),
+        ])
+        .unwrap_err();
+        assert!(matches!(e, ArgvError::BinaryType11 { .. }));
+        let t1 = dir.path().join("t1.bin");
+        std::fs::write(&t1, b"\x01\x04\x00\x01\0\0\x0b\x05\x00\x0b\x01x\0\0").unwrap();
+        assert!(
+            matches!(
+                parse_argv(&[
+                    OsString::from("-smbios"),
+                    format!("file={}", t1.display()).into()
+                ]),
+                Err(ArgvError::BinaryType11 { .. })
+            ),
+            "a type 11 after another structure in the same blob"
+        );
+    }
+
+    #[test]
+    fn finds_monitors_flags_machine_and_fds() {
+        let p = parse_argv(&os(&[
+            "-M",
+            "q35,accel=kvm",
+            "-S",
+            "-no-shutdown",
+            "-qmp",
+            "unix:/run/vm/qmp.sock,server,wait=off",
+            "-netdev",
+            "tap,id=n0,fd=7,vhostfds=9:10",
+            "-add-fd",
+            "fd=12,set=1",
+            "-drive",
+            "file=/dev/fd/13,if=virtio",
+            "disk.img",
+        ]))
+        .unwrap();
+        assert!(p.start_paused && p.no_shutdown && !p.no_reboot);
+        assert_eq!(p.machine.as_deref(), Some("q35"));
+        assert_eq!(
+            p.monitors,
+            vec!["-qmp unix:/run/vm/qmp.sock,server,wait=off"]
+        );
+        assert_eq!(p.inherited_fds, vec![7, 9, 10, 12, 13]);
+        let p = parse_argv(&os(&["-machine", "type=pc"])).unwrap();
+        assert_eq!(p.machine.as_deref(), Some("pc"));
+    }
+
+    #[test]
+    fn child_args_append_strings_then_the_monitor() {
+        let a = child_args(&os(&["-m", "1G"]), &[5, 6], 7);
+        assert_eq!(
+            a,
+            os(&[
+                "-m",
+                "1G",
+                "-smbios",
+                "type=11,path=/dev/fd/5",
+                "-smbios",
+                "type=11,path=/dev/fd/6",
+                "-chardev",
+                "socket,id=credbridge-qmp,fd=7",
+                "-mon",
+                "chardev=credbridge-qmp,mode=control",
+            ])
+        );
+    }
+
+    #[test]
+    fn launch_makes_one_memfd_per_added_string() {
+        let strings = vec![
+            OemString::public("io.systemd.credential:argv=1", Origin::Argv),
+            OemString::public("io.systemd.credential:flag=2", Origin::Flag),
+            OemString::public("io.systemd.credential:x=a,b\n", Origin::Flag),
+        ];
+        let parsed = parse_argv(&os(&[
+            "-smbios",
+            "type=11,value=io.systemd.credential:argv=1",
+        ]))
+        .unwrap();
+        let l = launch(
+            &os(&["-smbios", "type=11,value=io.systemd.credential:argv=1"]),
+            &parsed,
+            &strings,
+        )
+        .unwrap();
+        assert_eq!(l.memfds.len(), 2);
+        for (fd, s) in l.memfds.iter().zip(&strings[1..]) {
+            let back = std::fs::read(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+            assert_eq!(back, s.expose());
+        }
+        assert_eq!(l.keep.len(), 3);
+        assert!(l.keep.contains(&l.qmp_child.as_raw_fd()));
+        let text: Vec<String> = l
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            text.iter()
+                .filter(|a| a.starts_with("type=11,path=/dev/fd/"))
+                .count(),
+            2
+        );
+        assert!(
+            !text.iter().any(|a| a.contains("flag=2")),
+            "no value in argv"
+        );
+    }
+}
