@@ -78,11 +78,20 @@ pub enum NameError {
     Dots,
     #[error("contains byte 0x{0:02x} at offset {1}; names are printable ASCII without `/` and `:`")]
     BadByte(u8, usize),
+    #[error(
+        "contains `=` at offset {0}; in an OEM string the first `=` ends the name, so the guest would import the credential under another name"
+    )]
+    Equals(usize),
 }
 
 /// systemd's `credential_name_valid()`: 1-255 bytes of printable ASCII, no `/` or `:`, not a
 /// dot entry. The guest applies the same rule on import and silently skips what fails it, so
 /// failing here is the only way the operator hears about it.
+///
+/// Plus no `=`, which systemd allows in a name but the OEM string cannot carry: the guest
+/// splits `io.systemd.credential:NAME=VALUE` at the first `=` (systemd.md section 2), so
+/// `a=b` would arrive as credential `a` with `b=` in front of its value. Every name checked
+/// here becomes a guest name. Found by fuzz/fuzz_targets/credential.rs (issue #7).
 pub fn validate_name(name: &str) -> Result<(), NameError> {
     validate_name_bytes(name.as_bytes())
 }
@@ -104,6 +113,9 @@ pub fn validate_name_bytes(name: &[u8]) -> Result<(), NameError> {
     {
         return Err(NameError::BadByte(b, i));
     }
+    if let Some(i) = name.iter().position(|&b| b == b'=') {
+        return Err(NameError::Equals(i));
+    }
     Ok(())
 }
 
@@ -122,7 +134,7 @@ pub enum CredentialError {
         what: &'static str,
         dir: PathBuf,
     },
-    #[error("credential file {name:?} in {}: invalid name: {source}\nhint: rename it; systemd and the guest accept 1-255 printable ASCII bytes without `/` or `:`", dir.display())]
+    #[error("credential file {name:?} in {}: invalid name: {source}\nhint: rename it; a name the guest can import is 1-255 printable ASCII bytes without `/`, `:` or `=`", dir.display())]
     BadFileName {
         name: String,
         dir: PathBuf,
@@ -389,12 +401,32 @@ mod tests {
     fn selection_parsing_validates_both_names() {
         assert!("a:b".parse::<Selection>().is_err());
         assert!("a=b/c".parse::<Selection>().is_err());
-        let s: Selection = "a=b=c".parse().unwrap_or_else(|_| Selection {
-            name: String::new(),
-            guest_name: String::new(),
-        });
-        // `=` is printable ASCII, so the guest name may hold one; only the first splits.
-        assert_eq!(s.guest_name, "b=c");
+        // Only the first `=` splits NAME from GUEST_NAME; another one in the guest name would
+        // be split again by the guest (issue #7).
+        let e = "a=b=c".parse::<Selection>().unwrap_err();
+        assert!(
+            e.contains("guest name \"b=c\"") && e.contains("`=` at offset 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn equals_in_a_name_is_refused_because_the_guest_splits_there() {
+        // Regression (issue #7, found by fuzz/fuzz_targets/credential.rs): a file `a=b` was
+        // delivered as `io.systemd.credential:a=b=VALUE`, which the guest imports as `a`.
+        assert_eq!(validate_name("a=b"), Err(NameError::Equals(1)));
+        assert_eq!(validate_name("="), Err(NameError::Equals(0)));
+        assert_eq!(validate_name("ab="), Err(NameError::Equals(2)));
+        let d = dir_with(&[("a=b", b"value")]);
+        let e = load(d.path(), &[]).unwrap_err();
+        assert!(matches!(
+            e,
+            CredentialError::BadFileName {
+                source: NameError::Equals(1),
+                ..
+            }
+        ));
+        assert!(e.to_string().contains("`:` or `=`"), "{e}");
     }
 
     #[test]
