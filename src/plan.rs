@@ -30,10 +30,16 @@ pub enum PlanError {
         "cannot tell which hypervisor {0:?} is from its file name\nhint: pass --hypervisor cloud-hypervisor or --hypervisor qemu"
     )]
     UnknownHypervisor(String),
+    #[error("QEMU argv: {0}")]
+    QemuArgv(#[from] crate::qemu::ArgvError),
     #[error(
-        "the QEMU backend is not available in this version of credbridge\nhint: use cloud-hypervisor"
+        "{flag} applies to cloud-hypervisor only; QEMU always gets the OEM strings through sealed memfds (-smbios type=11,path=/dev/fd/N), never in argv\nhint: drop {flag}"
     )]
-    QemuUnsupported,
+    NotForQemu { flag: &'static str },
+    #[error(
+        "--ready guest with QEMU needs a vhost-vsock device{why}\nhint: use --ready booted, or cloud-hypervisor"
+    )]
+    QemuGuestReady { why: &'static str },
     #[error(
         "--ready guest needs a vsock device for the guest's notifications, and the argv has no --vsock\nhint: pass --vsock-cid CID (credbridge adds the device), or add --vsock cid=CID,socket=PATH to the argv"
     )]
@@ -102,8 +108,10 @@ pub struct Plan {
     pub delivery: Delivery,
     pub program: OsString,
     pub argv0: OsString,
-    user_args: Vec<OsString>,
-    pub ch: ChArgv,
+    pub user_args: Vec<OsString>,
+    /// The hypervisor's argv as credbridge understood it. The fields below that name
+    /// cloud-hypervisor's API and event monitor are unused for QEMU.
+    pub target: Target,
     /// Every OEM string in SMBIOS order: the argv's own, `--oem-string`, then credentials.
     pub strings: Vec<OemString>,
     pub credential_count: usize,
@@ -119,6 +127,11 @@ pub struct Plan {
     pub ready_timeout: Option<Duration>,
     pub stop_timeout: Duration,
     pub warnings: Vec<String>,
+}
+
+pub enum Target {
+    Ch(ChArgv),
+    Qemu(crate::qemu::QemuArgv),
 }
 
 pub struct GuestNotifyPlan {
@@ -208,7 +221,7 @@ impl Plan {
             .expect("clap requires HYPERVISOR");
         let kind = detect(program, args.hypervisor)?;
         if kind == HypervisorKind::Qemu {
-            return Err(PlanError::QemuUnsupported);
+            return Self::build_qemu(args, env, program, user_args);
         }
         // The argv is checked before the credentials are read, so a typo in the hypervisor's
         // command line is reported even when the secrets are fine.
@@ -219,29 +232,15 @@ impl Plan {
         let delivery = args.delivery;
         let mut warnings = Vec::new();
 
-        let dir = args
-            .credentials_dir
-            .clone()
-            .or_else(|| env.credentials_directory())
-            .ok_or(CredentialError::NoDirectory)?;
-        let creds = credentials::load(&dir, &args.credentials)?;
-
-        let plain_ok = delivery == Delivery::Api;
         let mut strings: Vec<OemString> = ch::platform_oem_strings(user_args)?
             .iter()
             .map(|s| OemString::public(s, Origin::Argv))
             .collect();
-        strings.extend(
-            args.oem_strings
-                .iter()
-                .map(|s| OemString::public(s, Origin::Flag)),
-        );
-        strings.extend(
-            creds
-                .iter()
-                .map(|c| OemString::from_credential(c, plain_ok)),
-        );
-        drop(creds);
+        strings.extend(Self::flag_and_credential_strings(
+            args,
+            env,
+            delivery == Delivery::Api,
+        )?);
 
         let (guest_notify, add_vsock) = Self::guest_notify(args, env, &parsed, &mut strings)?;
         if args.vsock_cid.is_some() && add_vsock.is_none() {
@@ -255,14 +254,7 @@ impl Plan {
             strings_ceiling: ceiling,
             hypervisor: "cloud-hypervisor",
         };
-        if args.smbios_budget > limits.max_budget() {
-            return Err(PlanError::BudgetTooLarge {
-                budget: args.smbios_budget,
-                max: limits.max_budget(),
-                hypervisor: "cloud-hypervisor",
-            });
-        }
-        oem::validate(&strings, &limits)?;
+        Self::check_limits(&strings, &limits)?;
 
         if delivery == Delivery::Argv {
             for s in strings.iter().filter(|s| s.origin == Origin::Flag) {
@@ -350,7 +342,7 @@ impl Plan {
             credential_count: strings.iter().filter(|s| s.is_secret()).count(),
             own_event_monitor: parsed.event_monitor.is_none(),
             user_args: user_args.to_vec(),
-            ch: parsed,
+            target: Target::Ch(parsed),
             strings,
             budget: args.smbios_budget,
             api_source,
@@ -361,6 +353,102 @@ impl Plan {
             ready_timeout: args.ready_timeout,
             stop_timeout: args.stop_timeout,
             warnings,
+        })
+    }
+
+    /// `--oem-string`s, then the credentials, encoded for the channel.
+    fn flag_and_credential_strings(
+        args: &RunArgs,
+        env: &HostEnv,
+        plain_ok: bool,
+    ) -> Result<Vec<OemString>, PlanError> {
+        let dir = args
+            .credentials_dir
+            .clone()
+            .or_else(|| env.credentials_directory())
+            .ok_or(CredentialError::NoDirectory)?;
+        let creds = credentials::load(&dir, &args.credentials)?;
+        let mut strings: Vec<OemString> = args
+            .oem_strings
+            .iter()
+            .map(|s| OemString::public(s, Origin::Flag))
+            .collect();
+        strings.extend(
+            creds
+                .iter()
+                .map(|c| OemString::from_credential(c, plain_ok)),
+        );
+        Ok(strings)
+    }
+
+    fn check_limits(strings: &[OemString], limits: &Limits) -> Result<(), PlanError> {
+        if limits.budget > limits.max_budget() {
+            return Err(PlanError::BudgetTooLarge {
+                budget: limits.budget,
+                max: limits.max_budget(),
+                hypervisor: limits.hypervisor,
+            });
+        }
+        Ok(oem::validate(strings, limits)?)
+    }
+
+    /// QEMU: every string credbridge adds goes in a sealed memfd, `-smbios type=11,path=`;
+    /// readiness and stop go through a private QMP monitor.
+    fn build_qemu(
+        args: &RunArgs,
+        env: &HostEnv,
+        program: &OsString,
+        user_args: &[OsString],
+    ) -> Result<Plan, PlanError> {
+        if args.delivery == Delivery::Argv {
+            return Err(PlanError::NotForQemu {
+                flag: "--delivery argv",
+            });
+        }
+        if args.vsock_cid.is_some() {
+            return Err(PlanError::NotForQemu {
+                flag: "--vsock-cid",
+            });
+        }
+        if args.ready == Ready::Guest {
+            return Err(PlanError::QemuGuestReady {
+                why: if Path::new("/dev/vhost-vsock").exists() {
+                    ", which this version of credbridge does not set up yet"
+                } else {
+                    ", and this host has no /dev/vhost-vsock (modprobe vhost_vsock)"
+                },
+            });
+        }
+        let parsed = crate::qemu::parse_argv(user_args)?;
+        for &fd in &parsed.inherited_fds {
+            if !crate::sys::fd_is_open(fd) {
+                return Err(PlanError::FdNotOpen { fd, option: "fd=" });
+            }
+        }
+        // The argv's own strings come first in QEMU's single type 11 entry.
+        let mut strings = parsed.argv_oem_strings();
+        // A memfd carries any byte but NUL, so UTF-8 values go in the shorter plain form.
+        strings.extend(Self::flag_and_credential_strings(args, env, true)?);
+        Self::check_limits(&strings, &crate::qemu::limits(args.smbios_budget))?;
+        Ok(Plan {
+            kind: HypervisorKind::Qemu,
+            delivery: Delivery::Api,
+            program: program.clone(),
+            argv0: args.argv0.clone().unwrap_or_else(|| program.clone()),
+            credential_count: strings.iter().filter(|s| s.is_secret()).count(),
+            user_args: user_args.to_vec(),
+            target: Target::Qemu(parsed),
+            strings,
+            budget: args.smbios_budget,
+            api_source: ApiSource::Default,
+            own_event_monitor: false,
+            create: None,
+            ready: args.ready,
+            guest_notify: None,
+            add_vsock: None,
+            ready_timeout: args.ready_timeout,
+            stop_timeout: args.stop_timeout,
+            warnings: Vec::new(),
         })
     }
 
@@ -460,15 +548,15 @@ impl Plan {
     }
 
     /// The hypervisor's arguments (after argv[0]).
-    pub fn child_args(&self, fds: &FdNames) -> Result<ChildArgs, PlanError> {
+    pub fn child_args(&self, ch: &ChArgv, fds: &FdNames) -> Result<ChildArgs, PlanError> {
         let mut args = match self.delivery {
             Delivery::Api => {
                 // vmm_argv keeps one `-v` however many were given; the count is restored here.
-                let mut a: Vec<OsString> = strip_option(&self.ch.vmm_argv, "--api-socket")
+                let mut a: Vec<OsString> = strip_option(&ch.vmm_argv, "--api-socket")
                     .into_iter()
                     .filter(|a| a != "-v")
                     .collect();
-                a.extend((0..self.ch.verbosity).map(|_| OsString::from("-v")));
+                a.extend((0..ch.verbosity).map(|_| OsString::from("-v")));
                 a
             }
             Delivery::Argv => {
@@ -499,11 +587,18 @@ impl Plan {
     }
 
     /// The same argv with every credential value replaced by its size, for `render` and logs.
-    pub fn redacted_child_args(&self, fds: &FdNames) -> Result<Vec<String>, PlanError> {
-        let args = self.child_args(fds)?;
-        Ok(args
-            .0
-            .iter()
+    pub fn redacted_child_args(
+        &self,
+        ch: &ChArgv,
+        fds: &FdNames,
+    ) -> Result<Vec<String>, PlanError> {
+        let args = self.child_args(ch, fds)?;
+        Ok(self.redact_args(&args.0))
+    }
+
+    /// Any argv with every credential value replaced by its size.
+    pub fn redact_args(&self, args: &[OsString]) -> Vec<String> {
+        args.iter()
             .map(|a| {
                 let mut s = a.to_string_lossy().into_owned();
                 for o in self.strings.iter().filter(|o| o.is_secret()) {
@@ -512,15 +607,15 @@ impl Plan {
                 }
                 s
             })
-            .collect())
+            .collect()
     }
 
     /// Fds the child keeps at their numbers besides the ones credbridge creates.
-    pub fn inherited_fds_for_child(&self) -> Vec<RawFd> {
+    pub fn inherited_fds_for_child(&self, ch: &ChArgv) -> Vec<RawFd> {
         match self.delivery {
             // Through the API, fds travel as SCM_RIGHTS; the child needs none of them.
             Delivery::Api => Vec::new(),
-            Delivery::Argv => self.ch.inherited_fds.clone(),
+            Delivery::Argv => ch.inherited_fds.clone(),
         }
     }
 

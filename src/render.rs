@@ -4,7 +4,7 @@ use std::io::{self, Write};
 
 use crate::cli::Delivery;
 use crate::oem::{Form, Origin};
-use crate::plan::{FdNames, Plan};
+use crate::plan::{FdNames, Plan, Target};
 
 pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     let fds = FdNames {
@@ -13,12 +13,18 @@ pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     };
     writeln!(
         out,
-        "hypervisor:   cloud-hypervisor ({})",
+        "hypervisor:   {} ({})",
+        plan.hypervisor_name(),
         plan.program.to_string_lossy()
     )?;
-    let delivery = match plan.delivery {
-        Delivery::Api => "api (PUT vm.create on the private API socket; nothing secret in argv)",
-        Delivery::Argv => "argv (--platform oem_strings=[...]; visible in the process list)",
+    let delivery = match (&plan.target, plan.delivery) {
+        (Target::Qemu(_), _) => {
+            "memfd (-smbios type=11,path=/dev/fd/N of sealed memfds; nothing secret in argv)"
+        }
+        (_, Delivery::Api) => {
+            "api (PUT vm.create on the private API socket; nothing secret in argv)"
+        }
+        (_, Delivery::Argv) => "argv (--platform oem_strings=[...]; visible in the process list)",
     };
     writeln!(out, "delivery:     {delivery}")?;
     writeln!(out, "credentials:  {}", plan.credential_count)?;
@@ -59,9 +65,30 @@ pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
             s.redacted()
         )?;
     }
-    let args = plan
-        .redacted_child_args(&fds)
-        .map_err(|e| io::Error::other(e.to_string()))?;
+    let args = match &plan.target {
+        Target::Ch(ch) => plan
+            .redacted_child_args(ch, &fds)
+            .map_err(|e| io::Error::other(e.to_string()))?,
+        Target::Qemu(_) => {
+            // Placeholders: the memfds and the QMP socket exist only in `run`.
+            let added = plan
+                .strings
+                .iter()
+                .filter(|s| s.origin != Origin::Argv)
+                .count();
+            let memfds: Vec<String> = (1..=added).map(|i| format!("<oem-{i}>")).collect();
+            let mut a: Vec<String> = plan.redact_args(&plan.user_args);
+            for m in &memfds {
+                a.push("-smbios".into());
+                a.push(format!("type=11,path=/dev/fd/{m}"));
+            }
+            a.push("-chardev".into());
+            a.push("socket,id=credbridge-qmp,fd=<qmp>".into());
+            a.push("-mon".into());
+            a.push("chardev=credbridge-qmp,mode=control".into());
+            a
+        }
+    };
     writeln!(out, "argv:")?;
     writeln!(out, "  {} {}", plan.argv0.to_string_lossy(), args.join(" "))?;
     if let Some(create) = &plan.create {

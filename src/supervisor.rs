@@ -17,11 +17,13 @@ use crate::cli::{Delivery, Ready};
 use crate::guestnotify::{self, GuestMessage, Listener};
 use crate::hostenv::HostEnv;
 use crate::notify::Notifier;
-use crate::plan::{Plan, PlanError};
+use crate::plan::{Plan, PlanError, Target};
 use crate::sys;
 
 /// After SIGTERM, how long the hypervisor gets before SIGKILL.
 const KILL_AFTER: Duration = Duration::from_secs(10);
+/// After QEMU's `quit`, how long it gets before SIGTERM.
+const QUIT_WAIT: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Each guest STATUS before readiness extends systemd's start timeout by this much: a guest
 /// that keeps reporting progress is not timed out, one that falls silent is.
@@ -68,8 +70,10 @@ pub struct Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
     Running,
-    /// Power button pressed; SIGTERM at the deadline.
+    /// Power button pressed; the next step at the deadline.
     PowerButton,
+    /// QEMU's `quit` sent; SIGTERM at the deadline.
+    Quit,
     /// SIGTERM sent; SIGKILL at the deadline.
     Terminated,
     Killed,
@@ -155,9 +159,10 @@ impl<'a> Supervisor<'a> {
             "Starting {} with {n} credential{} ({} delivery)",
             plan.program.to_string_lossy(),
             if n == 1 { "" } else { "s" },
-            match plan.delivery {
-                Delivery::Api => "api",
-                Delivery::Argv => "argv",
+            match (&plan.target, plan.delivery) {
+                (Target::Qemu(_), _) => "memfd",
+                (_, Delivery::Api) => "api",
+                (_, Delivery::Argv) => "argv",
             }
         );
         tracing::info!("{status}");
@@ -250,14 +255,26 @@ impl<'a> Supervisor<'a> {
                 result = maybe(&mut sup.power_fut) => {
                     sup.power_fut = None;
                     if let Err(e) = result {
-                        tracing::warn!("ACPI power button failed ({}); sending SIGTERM", sup.plan.scrub(&e));
-                        sup.escalate_to(Stop::Terminated);
+                        let what = match sup.stop {
+                            Stop::PowerButton => "ACPI power button",
+                            _ => "quit",
+                        };
+                        tracing::warn!("{what} failed ({}); taking the next step", sup.plan.scrub(&e));
+                        let next = match sup.stop {
+                            Stop::PowerButton => sup.after_power_button(),
+                            _ => Stop::Terminated,
+                        };
+                        sup.escalate_to(next);
                     }
                 },
                 _ = sleep_until(sup.stop_deadline) => {
                     let next = match sup.stop {
                         Stop::PowerButton => {
-                            tracing::warn!("the guest did not power off within {:?}; sending SIGTERM", sup.plan.stop_timeout);
+                            tracing::warn!("the guest did not power off within {:?}", sup.plan.stop_timeout);
+                            sup.after_power_button()
+                        }
+                        Stop::Quit => {
+                            tracing::warn!("QEMU did not quit within {QUIT_WAIT:?}; sending SIGTERM");
                             Stop::Terminated
                         }
                         _ => {
@@ -387,7 +404,8 @@ impl<'a> Supervisor<'a> {
         } else {
             // A second request means "faster": take the next step now.
             let next = match self.stop {
-                Stop::PowerButton => Stop::Terminated,
+                Stop::PowerButton => self.after_power_button(),
+                Stop::Quit => Stop::Terminated,
                 _ => Stop::Killed,
             };
             tracing::info!("{name} received again: escalating");
@@ -395,7 +413,8 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// The graceful path: ACPI power button, SIGTERM after --stop-timeout, SIGKILL 10 s later.
+    /// The graceful path: ACPI power button, then (QEMU) `quit`, SIGTERM after --stop-timeout,
+    /// SIGKILL 10 s later.
     fn request_stop(&mut self) {
         if self.stop != Stop::Running {
             return;
@@ -407,16 +426,36 @@ impl<'a> Supervisor<'a> {
         }
         self.stop = Stop::PowerButton;
         let t = self.plan.stop_timeout;
+        let next = match self.after_power_button() {
+            Stop::Quit => "quit",
+            _ => "SIGTERM",
+        };
         self.notify.stopping(&format!(
-            "Stopping VM: ACPI power button, SIGTERM after {t:?}"
+            "Stopping VM: ACPI power button, {next} after {t:?}"
         ));
         self.stop_deadline = Some(Instant::now() + t);
         self.power_fut = Some(self.backend.power_button());
     }
 
+    /// The step after the power button: `quit` where the hypervisor has it, else SIGTERM.
+    fn after_power_button(&self) -> Stop {
+        if self.backend.has_quit() {
+            Stop::Quit
+        } else {
+            Stop::Terminated
+        }
+    }
+
     fn escalate_to(&mut self, next: Stop) {
+        self.power_fut = None;
         match next {
             Stop::Running | Stop::PowerButton => {}
+            Stop::Quit => {
+                self.notify
+                    .stopping("Stopping VM: quit through QEMU's monitor");
+                self.power_fut = self.backend.quit();
+                self.stop_deadline = Some(Instant::now() + QUIT_WAIT);
+            }
             Stop::Terminated => {
                 self.notify
                     .stopping("Stopping VM: SIGTERM to the hypervisor");
@@ -430,7 +469,6 @@ impl<'a> Supervisor<'a> {
                 self.stop_deadline = None;
             }
         }
-        self.power_fut = None;
         self.stop = next;
     }
 

@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 use super::{BackendEvent, Boxed, Spawn, maybe, sleep_until};
 use crate::apiclient::{ApiClient, ApiError};
 use crate::apisocket::{ApiSocket, ApiSocketError};
+use crate::ch::ChArgv;
 use crate::events::{Event, EventParser};
 use crate::hostenv::HostEnv;
 use crate::plan::{ApiSource, FdNames, Plan};
@@ -56,7 +57,11 @@ fn api_socket(plan: &Plan, env: &HostEnv) -> Result<ApiSocket, ApiSocketError> {
 }
 
 impl ChBackend {
-    pub fn prepare(plan: &Plan, env: &HostEnv) -> Result<(ChBackend, Spawn), SuperviseError> {
+    pub fn prepare(
+        plan: &Plan,
+        ch: &ChArgv,
+        env: &HostEnv,
+    ) -> Result<(ChBackend, Spawn), SuperviseError> {
         let api = api_socket(plan, env)?;
         tracing::info!("API socket: {}", api.describe);
         // The event pipe exists before spawn because its write end is the child's
@@ -77,16 +82,16 @@ impl ChBackend {
         };
         let mut keep_fds: Vec<RawFd> = vec![api.fd.as_raw_fd()];
         keep_fds.extend(events_tx.as_ref().map(OwnedFd::as_raw_fd));
-        keep_fds.extend(plan.inherited_fds_for_child());
+        keep_fds.extend(plan.inherited_fds_for_child(ch));
         if let Some((_, path)) = &plan.add_vsock {
             // cloud-hypervisor binds the vsock socket itself and fails on a leftover one.
             remove_stale_socket(path);
         }
         tracing::debug!(
             "hypervisor argv: {}",
-            plan.redacted_child_args(&fds)?.join(" ")
+            plan.redacted_child_args(ch, &fds)?.join(" ")
         );
-        let args = plan.child_args(&fds)?;
+        let args = plan.child_args(ch, &fds)?;
         let client = ApiClient::new(api.connect_to.clone(), SHORT_REQUEST_TIMEOUT);
         Ok((
             ChBackend {

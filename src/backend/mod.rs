@@ -8,10 +8,11 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::hostenv::HostEnv;
-use crate::plan::{ChildArgs, Plan};
+use crate::plan::{ChildArgs, Plan, Target};
 use crate::supervisor::SuperviseError;
 
 pub mod ch;
+pub mod qemu;
 
 pub type Boxed<T> = Pin<Box<dyn Future<Output = T>>>;
 
@@ -33,8 +34,11 @@ pub enum BackendEvent {
     Debug(String),
 }
 
+// One backend exists per run, so boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Backend {
     Ch(ch::ChBackend),
+    Qemu(qemu::QemuBackend),
 }
 
 /// What the child needs: its arguments (after argv[0]) and the fds it keeps at their numbers.
@@ -46,14 +50,23 @@ pub struct Spawn {
 impl Backend {
     /// Creates the sockets, pipes and fds the child will get. Nothing is spawned here.
     pub fn prepare(plan: &Plan, env: &HostEnv) -> Result<(Backend, Spawn), SuperviseError> {
-        let (b, spawn) = ch::ChBackend::prepare(plan, env)?;
-        Ok((Backend::Ch(b), spawn))
+        match &plan.target {
+            Target::Ch(argv) => {
+                let (b, spawn) = ch::ChBackend::prepare(plan, argv, env)?;
+                Ok((Backend::Ch(b), spawn))
+            }
+            Target::Qemu(argv) => {
+                let (b, spawn) = qemu::QemuBackend::prepare(plan, argv)?;
+                Ok((Backend::Qemu(b), spawn))
+            }
+        }
     }
 
     /// Right after spawn: drops our copies of the child's fds and starts handing over the VM.
     pub fn spawned(&mut self, plan: &Plan) {
         match self {
             Backend::Ch(b) => b.spawned(plan),
+            Backend::Qemu(b) => b.spawned(plan),
         }
     }
 
@@ -62,6 +75,7 @@ impl Backend {
     pub async fn next(&mut self) -> BackendEvent {
         match self {
             Backend::Ch(b) => b.next().await,
+            Backend::Qemu(b) => b.next().await,
         }
     }
 
@@ -69,6 +83,7 @@ impl Backend {
     pub fn power_button(&self) -> Boxed<Result<(), String>> {
         match self {
             Backend::Ch(b) => b.power_button(),
+            Backend::Qemu(b) => b.power_button(),
         }
     }
 
@@ -76,6 +91,20 @@ impl Backend {
     pub fn ping(&self, timeout: Duration) -> Boxed<Result<(), String>> {
         match self {
             Backend::Ch(b) => b.ping(timeout),
+            Backend::Qemu(b) => b.ping(timeout),
+        }
+    }
+
+    /// Whether the hypervisor has a step between the power button and SIGTERM.
+    pub fn has_quit(&self) -> bool {
+        matches!(self, Backend::Qemu(_))
+    }
+
+    /// A step between the power button and SIGTERM (QEMU's `quit`), if the hypervisor has one.
+    pub fn quit(&self) -> Option<Boxed<Result<(), String>>> {
+        match self {
+            Backend::Ch(_) => None,
+            Backend::Qemu(b) => Some(b.quit()),
         }
     }
 
@@ -83,6 +112,7 @@ impl Backend {
     pub fn cleanup(&mut self) {
         match self {
             Backend::Ch(b) => b.cleanup(),
+            Backend::Qemu(b) => b.cleanup(),
         }
     }
 }

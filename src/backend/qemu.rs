@@ -1,0 +1,215 @@
+//! QEMU: the OEM strings in sealed memfds (`-smbios type=11,path=/dev/fd/N`), boot and stop
+//! through a private QMP monitor on a socketpair.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{BackendEvent, Boxed, Spawn, maybe, sleep_until};
+use crate::plan::{ChildArgs, Plan};
+use crate::qemu::qmp::EventKind;
+use crate::qemu::{QemuArgv, Qmp, QmpError, QmpEvents};
+use crate::supervisor::SuperviseError;
+
+/// QEMU answers its monitor within milliseconds once it runs; its start may take a while on a
+/// loaded host (TCG, large memory).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+const STATUS_POLL: Duration = Duration::from_millis(100);
+
+pub struct QemuBackend {
+    /// The child's copies of these are what QEMU reads; ours close right after spawn.
+    memfds: Vec<OwnedFd>,
+    qmp_child: Option<OwnedFd>,
+    qmp_stream: Option<tokio::net::UnixStream>,
+    connect_fut: Option<Boxed<Result<(Qmp, QmpEvents), QmpError>>>,
+    qmp: Option<Qmp>,
+    events: Option<QmpEvents>,
+    status_fut: Option<Boxed<Result<String, QmpError>>>,
+    status_next: Option<Instant>,
+    said_paused: bool,
+    booted: bool,
+    pending: VecDeque<BackendEvent>,
+}
+
+impl QemuBackend {
+    pub fn prepare(plan: &Plan, argv: &QemuArgv) -> Result<(QemuBackend, Spawn), SuperviseError> {
+        let launch = crate::qemu::launch(&plan.user_args, argv, &plan.strings)
+            .map_err(SuperviseError::Pipe)?;
+        tracing::debug!(
+            "hypervisor argv: {}",
+            plan.redact_args(&launch.args).join(" ")
+        );
+        launch
+            .qmp
+            .set_nonblocking(true)
+            .map_err(SuperviseError::Pipe)?;
+        let qmp_stream =
+            tokio::net::UnixStream::from_std(launch.qmp).map_err(SuperviseError::Pipe)?;
+        Ok((
+            QemuBackend {
+                memfds: launch.memfds,
+                qmp_child: Some(launch.qmp_child),
+                qmp_stream: Some(qmp_stream),
+                connect_fut: None,
+                qmp: None,
+                events: None,
+                status_fut: None,
+                status_next: None,
+                said_paused: false,
+                booted: false,
+                pending: VecDeque::new(),
+            },
+            Spawn {
+                args: ChildArgs(launch.args),
+                keep_fds: launch.keep,
+            },
+        ))
+    }
+
+    pub fn spawned(&mut self, _plan: &Plan) {
+        // The child holds its own copies; the memfds are sealed, so nothing can change what it
+        // reads, and our copies of the secrets can go.
+        self.memfds.clear();
+        self.qmp_child = None;
+        self.pending.push_back(BackendEvent::Handed);
+        if let Some(stream) = self.qmp_stream.take() {
+            self.connect_fut = Some(Box::pin(Qmp::connect(stream, CONNECT_TIMEOUT)));
+        }
+    }
+
+    pub async fn next(&mut self) -> BackendEvent {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return ev;
+            }
+            tokio::select! {
+                result = maybe(&mut self.connect_fut) => {
+                    self.connect_fut = None;
+                    match result {
+                        Ok((qmp, events)) => {
+                            self.pending.push_back(BackendEvent::Debug(format!(
+                                "QMP connected (QEMU {})", qmp.version()
+                            )));
+                            self.qmp = Some(qmp);
+                            self.events = Some(events);
+                            self.status_next = Some(Instant::now());
+                        }
+                        Err(e) => return BackendEvent::BootFailed {
+                            msg: format!("QEMU's monitor did not come up: {e}"),
+                            maybe_exiting: true,
+                        },
+                    }
+                },
+                ev = async { match self.events.as_mut() { Some(e) => e.recv().await, None => std::future::pending().await } } => {
+                    match ev {
+                        Some(ev) => {
+                            if let Some(out) = self.translate(ev.kind(), &ev.name) {
+                                return out;
+                            }
+                        }
+                        None => {
+                            self.events = None;
+                            return BackendEvent::Debug("QMP closed".into());
+                        }
+                    }
+                },
+                _ = sleep_until(if self.status_fut.is_none() { self.status_next } else { None }) => {
+                    self.status_next = None;
+                    if let Some(q) = &self.qmp {
+                        let q = q.with_timeout(COMMAND_TIMEOUT);
+                        self.status_fut = Some(Box::pin(async move { q.query_status().await }));
+                    }
+                },
+                result = maybe(&mut self.status_fut) => {
+                    self.status_fut = None;
+                    match result.as_deref() {
+                        Ok("running") => {
+                            self.booted = true;
+                            return BackendEvent::Booted;
+                        }
+                        Ok("prelaunch") | Ok("paused") if !self.said_paused => {
+                            self.said_paused = true;
+                            self.status_next = Some(Instant::now() + STATUS_POLL);
+                            return BackendEvent::Info(
+                                "QEMU is paused (-S?); the VM counts as booted once it runs".into(),
+                            );
+                        }
+                        _ => self.status_next = Some(Instant::now() + STATUS_POLL),
+                    }
+                },
+            }
+        }
+    }
+
+    fn translate(&mut self, kind: EventKind, name: &str) -> Option<BackendEvent> {
+        Some(match kind {
+            EventKind::Resume if !self.booted => {
+                // The first RESUME after -S and `cont`: check rather than assume.
+                self.status_next = Some(Instant::now());
+                return None;
+            }
+            EventKind::Shutdown { guest: true, .. } => {
+                BackendEvent::Info("the guest powered off".into())
+            }
+            EventKind::Shutdown { reason, .. } => {
+                BackendEvent::Info(format!("QEMU is shutting down ({reason})"))
+            }
+            EventKind::Reset { guest: true, .. } => {
+                BackendEvent::Info("the guest is rebooting".into())
+            }
+            EventKind::GuestPanicked { action } => {
+                BackendEvent::Warn(format!("the guest kernel panicked (action: {action})"))
+            }
+            _ => BackendEvent::Debug(format!("QMP event {name}")),
+        })
+    }
+
+    pub fn power_button(&self) -> Boxed<Result<(), String>> {
+        let q = self.qmp.clone();
+        Box::pin(async move {
+            match q {
+                Some(q) => q
+                    .with_timeout(COMMAND_TIMEOUT)
+                    .system_powerdown()
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("QEMU's monitor is not connected".into()),
+            }
+        })
+    }
+
+    /// `quit`: QEMU exits at once, a hard stop that still ends the process cleanly.
+    pub fn quit(&self) -> Boxed<Result<(), String>> {
+        let q = self.qmp.clone();
+        Box::pin(async move {
+            match q {
+                // QEMU may close the monitor before it answers `quit`; that is success too.
+                Some(q) => match q.with_timeout(COMMAND_TIMEOUT).quit().await {
+                    Ok(()) | Err(QmpError::Closed) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                },
+                None => Err("QEMU's monitor is not connected".into()),
+            }
+        })
+    }
+
+    pub fn ping(&self, timeout: Duration) -> Boxed<Result<(), String>> {
+        let q = self.qmp.clone();
+        Box::pin(async move {
+            match q {
+                Some(q) => q
+                    .with_timeout(timeout)
+                    .query_status()
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                None => Err("QEMU's monitor is not connected".into()),
+            }
+        })
+    }
+
+    pub fn cleanup(&mut self) {}
+}

@@ -1,0 +1,153 @@
+//! `credbridge run -- qemu-system-x86_64` against the real QEMU, without a guest: firmware
+//! with nothing to boot keeps the VM running, which is all readiness and stop need (issue #5).
+//! What the guest receives is checked by tests/e2e/credbridge-e2e.sh with a real guest.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+const T: Duration = Duration::from_secs(60);
+
+fn qemu_args() -> Vec<&'static str> {
+    vec![
+        "-machine",
+        "pc",
+        "-accel",
+        "tcg",
+        "-m",
+        "64M",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]
+}
+
+fn qemu_pid(credbridge: u32) -> Option<i32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{credbridge}/task/{credbridge}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn qemu_gets_the_strings_in_memfds_and_stops_through_its_monitor() {
+    assert!(
+        std::process::Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "qemu-system-x86_64 is needed (Debian package qemu-system-x86; .ci/run installs it)"
+    );
+    let mut rig = Rig::new();
+    rig.add_credential("api-key", b"qemu-memfd-secret-value");
+    let cmd = rig.command("run", &["--stop-timeout", "1s"], &[]);
+    // The rig points at the fake cloud-hypervisor; this test wants the real QEMU.
+    let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let dash = args.iter().position(|a| a == "--").unwrap();
+    let mut c = std::process::Command::new(cmd.get_program());
+    c.args(&args[..=dash])
+        .arg("qemu-system-x86_64")
+        .args(qemu_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.current_dir(rig.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+
+    let ready = rig
+        .notify
+        .wait_for("READY=1", T)
+        .expect("READY=1 once QEMU runs");
+    assert!(ready.contains("1 credential delivered"), "{ready}");
+    assert!(rig.notify.index_of("(memfd delivery)").is_some());
+
+    let pid = qemu_pid(child.id()).expect("QEMU is credbridge's child");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    rig.assert_no_secret_in("QEMU's cmdline", &cmdline);
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        cmdline.contains("-smbios type=11,path=/dev/fd/"),
+        "{cmdline}"
+    );
+    assert!(cmdline.contains("-chardev socket,id=credbridge-qmp,fd="));
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    rig.assert_no_secret_in("QEMU's environment", &environ);
+    assert!(!String::from_utf8_lossy(&environ).contains("NOTIFY_SOCKET="));
+
+    // No guest OS answers the power button, so the stop goes on to `quit`.
+    signal(&child, Signal::SIGTERM);
+    let st = wait_exit(&mut child, T);
+    assert_eq!(st.code(), Some(0), "QEMU quit cleanly");
+    let msgs = rig.notify.messages();
+    let at = |n: &str| msgs.iter().position(|m| m.contains(n));
+    let button = at("ACPI power button, quit after 1s")
+        .unwrap_or_else(|| panic!("power button first: {msgs:?}"));
+    let quit = at("quit through QEMU's monitor").expect("then quit");
+    assert!(button < quit, "{msgs:?}");
+    assert!(
+        at("Stopping VM: SIGTERM").is_none(),
+        "quit sufficed: {msgs:?}"
+    );
+    let stderr = stderr_of(&mut child);
+    rig.assert_no_secret_in("stderr", stderr.as_bytes());
+}
+
+#[test]
+fn qemu_render_shows_memfds_and_refuses_cloud_hypervisor_only_flags() {
+    let mut rig = Rig::new();
+    rig.add_credential("k", b"render-qemu-secret");
+    let creds = rig.creds.clone();
+    let run = |flags: &[&str]| {
+        let mut cmd = std::process::Command::new(credbridge_bin());
+        cmd.arg("render")
+            .args(flags)
+            .arg("--")
+            .arg("/usr/bin/qemu-system-x86_64")
+            .args(qemu_args())
+            .args([
+                "-smbios",
+                "type=11,value=io.systemd.credential:from-argv=a,,b",
+            ])
+            .env("CREDENTIALS_DIRECTORY", &creds)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    rig.assert_no_secret_in("stdout", &out.stdout);
+    assert!(stdout.contains("hypervisor:   QEMU"), "{stdout}");
+    assert!(stdout.contains("type=11,path=/dev/fd/<oem-1>"), "{stdout}");
+    assert!(
+        stdout.contains("io.systemd.credential:from-argv=a,b"),
+        "the argv's own string, unescaped, first: {stdout}"
+    );
+    assert!(stdout.contains("io.systemd.credential:k=<redacted 18 bytes>"));
+    for flag in [
+        &["--delivery", "argv"][..],
+        &["--vsock-cid", "5"][..],
+        &["--ready", "guest"][..],
+    ] {
+        let out = run(flag);
+        assert_eq!(out.status.code(), Some(125), "{flag:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag[0]), "{flag:?}: {stderr}");
+    }
+    // The same budget rule: one type 11 entry, 4096 bytes for old guests.
+    std::fs::write(creds.join("big"), vec![b'x'; 4100]).unwrap();
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--smbios-budget") && stderr.contains("QEMU"),
+        "{stderr}"
+    );
+}
