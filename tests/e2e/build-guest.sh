@@ -125,13 +125,19 @@ ROOT="$WORK/root"
 # needs, and every unit costs seconds under TCG.  libkmod2: systemd >= 256
 # dlopen()s it (only a Recommends in trixie) for PID 1's early module loading.
 log "debootstrap (minbase + systemd)"
-debootstrap --variant=minbase --include=systemd,systemd-sysv,libkmod2 \
-    --cache-dir="$CACHE_ROOT/debs/$RELEASE" \
-    "$RELEASE" "$ROOT" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 || {
-        tail -30 "$WORK/debootstrap.log" >&2
-        [ -f "$ROOT/debootstrap/debootstrap.log" ] && tail -30 "$ROOT/debootstrap/debootstrap.log" >&2
-        exit 1
-    }
+for attempt in 1 2; do
+    if debootstrap --variant=minbase --include=systemd,systemd-sysv,libkmod2 \
+            --cache-dir="$CACHE_ROOT/debs/$RELEASE" \
+            "$RELEASE" "$ROOT" "$MIRROR" >"$WORK/debootstrap.log" 2>&1; then
+        break
+    fi
+    tail -30 "$WORK/debootstrap.log" >&2
+    if [ -f "$ROOT/debootstrap/debootstrap.log" ]; then tail -30 "$ROOT/debootstrap/debootstrap.log" >&2; fi
+    remove_tree "$ROOT"
+    if [ "$attempt" = 2 ]; then echo "build-guest.sh: debootstrap failed twice" >&2; exit 1; fi
+    log "debootstrap failed; retrying once"
+    sleep 5
+done
 
 # ---------------------------------------------------------------- kernel
 # The release's own kernel, fetched with the host's apt but private state dirs,
