@@ -175,7 +175,21 @@ boot() {
         CREDENTIALS_DIRECTORY="$W/creds/$set" NOTIFY_SOCKET="$NOTIFY_SOCKET_PATH" \
             timeout --kill-after=10 "$BOOT_TIMEOUT" \
             "$CREDBRIDGE" run --ready booted "$@" -- qemu-system-x86_64 "${args[@]}" \
-            </dev/null >"$W/run.out" 2>"$W/run.err"
+            </dev/null >"$W/run.out" 2>"$W/run.err" &
+        local tpid=$! cb="" q=""
+        # QEMU's command line as every local user sees it (timeout -> credbridge -> QEMU).
+        CMDLINE="$W/cmdline-$r-$label"
+        : >"$CMDLINE"
+        for _ in $(seq 200); do
+            [ -n "$cb" ] || cb="$(ps -o pid= --ppid "$tpid" | head -1 | tr -d ' ')"
+            [ -n "$cb" ] && q="$(ps -o pid= --ppid "$cb" | head -1 | tr -d ' ')"
+            if [ -n "$q" ] && tr '\0' '\n' <"/proc/$q/cmdline" >"$CMDLINE" 2>/dev/null && [ -s "$CMDLINE" ]; then
+                break
+            fi
+            kill -0 "$tpid" 2>/dev/null || break
+            sleep 0.05
+        done
+        wait "$tpid"
         RC=$?
     else
         plain_smbios_args "$W/creds/$set"
@@ -253,6 +267,16 @@ for r in "${RELEASES[@]}"; do
     ver="$(sed -n 's/^SYSTEMD systemd \([0-9]*\).*/\1/p' "$REPORT")"
     echo "# $r: guest systemd ${ver:-?}, $(grep '^DMI11 ' "$REPORT" | cut -d' ' -f2- | tr '\n' ';')"
     for n in "${CASES[@]}"; do check_cred "$r" "$REPORT" "$n" "$W/exp/cases/$n"; done
+    if [ "$RUNNER" = credbridge ]; then
+        if ! grep -q 'path=/dev/fd/' "$CMDLINE"; then
+            fail "$r: QEMU's command line was not seen or has no path=/dev/fd/ ($(wc -l <"$CMDLINE") arguments)"
+        elif grep -qF -e 'plain ASCII 0123456789' -e 'double quoted' -e "$(base64 -w0 <"$V/allbytes" | cut -c1-40)" \
+                -e 'io.systemd.credential' "$CMDLINE"; then
+            fail "$r: a credential value is on QEMU's command line"
+        else
+            pass "$r: QEMU's command line has $(grep -c 'path=/dev/fd/' "$CMDLINE") path=/dev/fd/N strings and no value"
+        fi
+    fi
     count="$(sed -n 's/^COUNT //p' "$REPORT")"
     if [ "$count" = "${#CASES[@]}" ]; then
         pass "$r: exactly ${#CASES[@]} credentials imported"
