@@ -77,6 +77,10 @@ pub enum ArgvError {
     )]
     Daemonize,
     #[error(
+        "-machine {machine}: QEMU's microvm machine has no SMBIOS tables (QEMU 7.2 accepts -smbios for it and drops it; the guest kernel logs \"DMI not present\"), so the guest would get no credential\nhint: use -machine q35 or pc (microvm.nix picks q35 when the VM has shares)"
+    )]
+    NoSmbios { machine: String },
+    #[error(
         "the argv already has a chardev with id {QMP_CHARDEV_ID:?}, which credbridge uses for its own QMP monitor\nhint: rename that chardev"
     )]
     ChardevIdTaken,
@@ -113,6 +117,10 @@ pub struct QemuArgv {
     pub no_reboot: bool,
     /// The `-machine`/`-M` type, if the argv names one.
     pub machine: Option<String>,
+    /// `-no-acpi` or `-machine ...,acpi=off`: `system_powerdown` (the ACPI power button) then
+    /// reaches no guest, so a graceful stop can only wait for the stop timeout. microvm.nix's
+    /// QEMU runner passes `-no-acpi` and stops guests with Ctrl-Alt-Del on an i8042 instead.
+    pub acpi_off: bool,
 }
 
 impl QemuArgv {
@@ -364,6 +372,7 @@ pub fn parse_argv(args: &[OsString]) -> Result<QemuArgv, ArgvError> {
                 "S" => out.start_paused = true,
                 "no-shutdown" => out.no_shutdown = true,
                 "no-reboot" => out.no_reboot = true,
+                "no-acpi" => out.acpi_off = true,
                 _ => {}
             }
             continue;
@@ -405,10 +414,21 @@ pub fn parse_argv(args: &[OsString]) -> Result<QemuArgv, ArgvError> {
                 if let Some(t) = ty {
                     out.machine = Some(String::from_utf8_lossy(&t).into_owned());
                 }
+                if items
+                    .iter()
+                    .any(|i| i.key == "acpi" && i.value.as_deref() == Some(b"off".as_slice()))
+                {
+                    out.acpi_off = true;
+                }
             }
             _ => {}
         }
         collect_fds(&name, arg, &mut out);
+    }
+    if let Some(m) = &out.machine {
+        if m == "microvm" {
+            return Err(ArgvError::NoSmbios { machine: m.clone() });
+        }
     }
     out.inherited_fds.sort_unstable();
     out.inherited_fds.dedup();
@@ -669,6 +689,16 @@ mod tests {
         assert_eq!(p.inherited_fds, vec![7, 9, 10, 12, 13]);
         let p = parse_argv(&os(&["-machine", "type=pc"])).unwrap();
         assert_eq!(p.machine.as_deref(), Some("pc"));
+        assert!(!p.acpi_off);
+        assert!(parse_argv(&os(&["-no-acpi"])).unwrap().acpi_off);
+        assert!(parse_argv(&os(&["-M", "q35,acpi=off"])).unwrap().acpi_off);
+        // microvm.nix's default QEMU machine line.
+        let e = parse_argv(&os(&[
+            "-M",
+            "microvm,x-option-roms=off,isa-serial=off,pit=off,pic=off,rtc=off",
+        ]))
+        .unwrap_err();
+        assert!(matches!(e, ArgvError::NoSmbios { .. }), "{e}");
     }
 
     #[test]
