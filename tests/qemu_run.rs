@@ -32,6 +32,49 @@ fn qemu_pid(credbridge: u32) -> Option<i32> {
     children.split_whitespace().next()?.parse().ok()
 }
 
+/// `credbridge run <flags> -- qemu-system-x86_64 <qemu_args> <extra>` with the rig's environment.
+fn spawn_qemu(rig: &Rig, flags: &[&str], extra: &[&str]) -> std::process::Child {
+    let cmd = rig.command("run", flags, &[]);
+    // The rig points at the fake cloud-hypervisor; these tests want the real QEMU.
+    let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let dash = args.iter().position(|a| a == "--").unwrap();
+    let mut c = std::process::Command::new(cmd.get_program());
+    c.args(&args[..=dash])
+        .arg("qemu-system-x86_64")
+        .args(qemu_args())
+        .args(extra);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.current_dir(rig.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    c.spawn().unwrap()
+}
+
+#[test]
+fn without_acpi_the_stop_goes_straight_to_quit() {
+    let mut rig = Rig::new();
+    rig.add_credential("k", b"qemu-no-acpi-secret");
+    let mut child = spawn_qemu(&rig, &["--stop-timeout", "30s"], &["-no-acpi"]);
+    rig.notify.wait_for("READY=1", T).expect("READY=1");
+    let t0 = std::time::Instant::now();
+    signal(&child, Signal::SIGTERM);
+    let st = wait_exit(&mut child, T);
+    assert_eq!(st.code(), Some(0));
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "no 30 s wait for a power button nobody hears: {:?}",
+        t0.elapsed()
+    );
+    assert!(rig.notify.index_of("quit through QEMU's monitor").is_some());
+    let stderr = stderr_of(&mut child);
+    assert!(stderr.contains("-no-acpi"), "{stderr}");
+}
+
 #[test]
 fn qemu_gets_the_strings_in_memfds_and_stops_through_its_monitor() {
     assert!(
@@ -43,24 +86,7 @@ fn qemu_gets_the_strings_in_memfds_and_stops_through_its_monitor() {
     );
     let mut rig = Rig::new();
     rig.add_credential("api-key", b"qemu-memfd-secret-value");
-    let cmd = rig.command("run", &["--stop-timeout", "1s"], &[]);
-    // The rig points at the fake cloud-hypervisor; this test wants the real QEMU.
-    let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
-    let dash = args.iter().position(|a| a == "--").unwrap();
-    let mut c = std::process::Command::new(cmd.get_program());
-    c.args(&args[..=dash])
-        .arg("qemu-system-x86_64")
-        .args(qemu_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    c.current_dir(rig.dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
+    let mut child = spawn_qemu(&rig, &["--stop-timeout", "1s"], &[]);
 
     let ready = rig
         .notify

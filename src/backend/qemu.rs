@@ -32,6 +32,11 @@ pub struct QemuBackend {
     said_paused: bool,
     booted: bool,
     pending: VecDeque<BackendEvent>,
+    /// `-no-acpi`: no guest can hear the power button.
+    acpi_off: bool,
+    /// `-no-shutdown`: QEMU stays up, paused, after the guest powers off; we end it.
+    no_shutdown: bool,
+    quit_fut: Option<Boxed<Result<(), String>>>,
 }
 
 impl QemuBackend {
@@ -61,6 +66,9 @@ impl QemuBackend {
                 said_paused: false,
                 booted: false,
                 pending: VecDeque::new(),
+                acpi_off: argv.acpi_off,
+                no_shutdown: argv.no_shutdown,
+                quit_fut: None,
             },
             Spawn {
                 args: ChildArgs(launch.args),
@@ -86,6 +94,12 @@ impl QemuBackend {
                 return ev;
             }
             tokio::select! {
+                result = maybe(&mut self.quit_fut) => {
+                    self.quit_fut = None;
+                    if let Err(e) = result {
+                        return BackendEvent::Warn(format!("quit after the guest's poweroff failed: {e}"));
+                    }
+                },
                 result = maybe(&mut self.connect_fut) => {
                     self.connect_fut = None;
                     match result {
@@ -152,6 +166,10 @@ impl QemuBackend {
                 return None;
             }
             EventKind::Shutdown { guest: true, .. } => {
+                if self.no_shutdown {
+                    // The guest is done; without this QEMU would wait, paused, forever.
+                    self.quit_fut = Some(self.quit());
+                }
                 BackendEvent::Info("the guest powered off".into())
             }
             EventKind::Shutdown { reason, .. } => {
@@ -169,7 +187,11 @@ impl QemuBackend {
 
     pub fn power_button(&self) -> Boxed<Result<(), String>> {
         let q = self.qmp.clone();
+        let acpi_off = self.acpi_off;
         Box::pin(async move {
+            if acpi_off {
+                return Err("QEMU runs with -no-acpi, so no guest hears the power button".into());
+            }
             match q {
                 Some(q) => q
                     .with_timeout(COMMAND_TIMEOUT)
