@@ -1,0 +1,754 @@
+//! The start-path benchmark that `bench/run.sh` prints (issue #7): what credbridge costs on the
+//! way to a running VM, measured against the fake cloud-hypervisor started directly and against
+//! the shell pattern units use today, all in one run so that the ratios compare like with like.
+//!
+//! Measured per round, round-robin over every variant so that drift in the machine's load
+//! spreads evenly:
+//! - start → ready: from `spawn` to the fake's `vm:booted` event (read from its
+//!   `--event-monitor`, a FIFO we hold) when it runs alone or under the shell pattern, and to
+//!   `READY=1` on our notify socket under `credbridge run`;
+//! - `vm:booted` → `READY=1`: the fake records the OEM strings (`oem_strings.json`, renamed
+//!   into place, seen here through inotify) immediately before it writes `vm:booted`;
+//! - guest `READY=1` → host `READY=1` with `--ready guest`: the fake, acting as the guest,
+//!   records the wall-clock time it wrote the message;
+//! - VmRSS/VmHWM of credbridge once it is supervising, and the binary's size;
+//! - the criterion medians of `benches/codec.rs`, read from its `estimates.json`.
+//!
+//! Needs the release fake: `bench/run.sh` builds it. Alone: `cargo bench --bench startup`.
+//! `BENCH_ROUNDS` (default 20) sets the rounds.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::FromRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use credbridge::events::EventParser;
+
+const COUNTS: [usize; 3] = [1, 10, 100];
+const WAIT: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// The fake started directly with the strings already on its command line.
+    Direct,
+    /// `bench/shell-pattern.sh`: `cat` each credential into `--platform oem_strings=[...]`.
+    Shell,
+    /// `credbridge run` (default api delivery).
+    Api,
+    /// `credbridge run --delivery argv`.
+    Argv,
+}
+
+const VARIANTS: [Variant; 4] = [Variant::Direct, Variant::Shell, Variant::Api, Variant::Argv];
+
+struct Bins {
+    credbridge: PathBuf,
+    fake: PathBuf,
+    shell_pattern: PathBuf,
+}
+
+/// A datagram socket standing in for systemd: every message with its arrival time.
+struct NotifySocket {
+    path: PathBuf,
+    rx: mpsc::Receiver<(Instant, SystemTime, String)>,
+}
+
+impl NotifySocket {
+    fn bind(path: PathBuf) -> Self {
+        let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if tx.send((Instant::now(), SystemTime::now(), msg)).is_err() {
+                    break;
+                }
+            }
+        });
+        NotifySocket { path, rx }
+    }
+
+    fn drain(&self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+
+    fn wait_ready(&self) -> (Instant, SystemTime) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((t, wall, m)) if m.starts_with("READY=1") => return (t, wall),
+                Ok((_, _, m)) if m.contains("Failed") => panic!("credbridge failed: {m}"),
+                Ok(_) => {}
+                Err(_) => panic!("no READY=1 within {WAIT:?}"),
+            }
+        }
+    }
+}
+
+/// The world one variant runs in: credentials, a kernel file, the fake under its real name.
+struct World {
+    dir: tempfile::TempDir,
+    creds: PathBuf,
+    ch: PathBuf,
+    kernel: String,
+    /// The same strings credbridge delivers, for the variants that put them in argv.
+    plain_strings: Vec<String>,
+    notify: NotifySocket,
+    runs: usize,
+}
+
+impl World {
+    fn new(bins: &Bins, count: usize) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        let ch = dir.path().join("bin/cloud-hypervisor");
+        std::os::unix::fs::symlink(&bins.fake, &ch).unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"not really a kernel").unwrap();
+        let mut x: u32 = 0x9e37_79b9 ^ count as u32;
+        let mut plain_strings = Vec::new();
+        for i in 0..count {
+            // 32 random alphanumerics: what a generated token looks like, and safe in the
+            // argv grammar so that every variant can carry it.
+            let value: String = (0..32)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    const ALNUM: &[u8] =
+                        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+                    ALNUM[x as usize % ALNUM.len()] as char
+                })
+                .collect();
+            let name = format!("cred-{i:03}");
+            std::fs::write(creds.join(&name), &value).unwrap();
+            plain_strings.push(format!("io.systemd.credential:{name}={value}"));
+        }
+        let notify = NotifySocket::bind(dir.path().join("notify"));
+        World {
+            dir,
+            creds,
+            ch,
+            kernel: kernel.to_string_lossy().into_owned(),
+            plain_strings,
+            notify,
+            runs: 0,
+        }
+    }
+
+    fn vm_args(&self) -> Vec<String> {
+        vec![
+            "--kernel".into(),
+            self.kernel.clone(),
+            "--cmdline".into(),
+            "console=ttyS0".into(),
+            "--seccomp".into(),
+            "true".into(),
+        ]
+    }
+
+    fn fresh(&mut self, what: &str) -> PathBuf {
+        self.runs += 1;
+        self.dir.path().join(format!("{what}-{}", self.runs))
+    }
+
+    fn credbridge(&self, bins: &Bins, extra: &[&str]) -> Command {
+        let mut c = Command::new(&bins.credbridge);
+        c.arg("run")
+            .args(["--smbios-budget", "65404", "--log-level", "warn"])
+            .args(extra)
+            .arg("--")
+            .arg(&self.ch)
+            .args(self.vm_args())
+            .env("CREDENTIALS_DIRECTORY", &self.creds)
+            .env("NOTIFY_SOCKET", &self.notify.path)
+            .env("RUNTIME_DIRECTORY", self.dir.path())
+            .env("FAKE_CH_POWEROFF_DELAY_MS", "0")
+            .env_remove("FAKE_CH_RECORD_DIR")
+            .env_remove("LISTEN_FDS")
+            .env_remove("WATCHDOG_USEC")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    }
+}
+
+/// Opens a fresh FIFO read-write (so neither open nor read sees EOF before the writer comes)
+/// and reports when a `vm:booted` event comes through it.
+fn booted_via_fifo(path: &Path) -> mpsc::Receiver<Instant> {
+    nix::unistd::mkfifo(
+        path,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .expect("mkfifo");
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .expect("open the event FIFO");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut parser = EventParser::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = file.read(&mut buf) {
+            let t = Instant::now();
+            if n == 0 {
+                return;
+            }
+            if parser
+                .push(&buf[..n])
+                .iter()
+                .any(|e| e.as_ref().is_ok_and(|e| e.is("vm", "booted")))
+            {
+                let _ = tx.send(t);
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Reports when `name` is renamed into `dir` (the fake's atomic record writes).
+fn renamed_into(dir: &Path, name: &'static str) -> mpsc::Receiver<Instant> {
+    let cdir = CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: plain syscalls; the fd is checked and then owned by `file` alone.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    assert!(
+        fd >= 0,
+        "inotify_init1: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: as above; `fd` was just checked open.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    // SAFETY: `cdir` is a valid NUL-terminated path that outlives the call.
+    let wd = unsafe { libc::inotify_add_watch(fd, cdir.as_ptr(), libc::IN_MOVED_TO) };
+    assert!(
+        wd >= 0,
+        "inotify_add_watch: {}",
+        std::io::Error::last_os_error()
+    );
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = file.read(&mut buf) {
+            let t = Instant::now();
+            let mut at = 0;
+            // struct inotify_event { int wd; u32 mask, cookie, len; char name[len]; }
+            while at + 16 <= n {
+                let field =
+                    |o: usize| u32::from_ne_bytes(buf[at + o..at + o + 4].try_into().unwrap());
+                let (mask, len) = (field(4), field(12) as usize);
+                let raw = &buf[at + 16..(at + 16 + len).min(n)];
+                let got = raw.split(|&b| b == 0).next().unwrap_or_default();
+                if got == name.as_bytes() {
+                    let _ = tx.send(t);
+                    return;
+                }
+                if mask & libc::IN_IGNORED != 0 {
+                    return;
+                }
+                at += 16 + len;
+            }
+        }
+    });
+    rx
+}
+
+fn stop(child: &mut Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pid {} did not stop within {WAIT:?}", child.id());
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// credbridge's memory, in KiB.
+#[derive(Clone, Copy)]
+struct Mem {
+    rss: u64,
+    hwm: u64,
+    /// Heap, stacks and other private memory: what credbridge itself allocates.
+    anon: u64,
+    /// Proportional set size: shared pages (libc, the binary's text) split among their users.
+    pss: u64,
+}
+
+fn memory(pid: u32) -> Mem {
+    let field = |text: &str, key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    Mem {
+        rss: field(&status, "VmRSS:"),
+        hwm: field(&status, "VmHWM:"),
+        anon: field(&status, "RssAnon:"),
+        pss: field(&rollup, "Pss:"),
+    }
+}
+
+/// One start of `variant`: time from spawn to ready, and credbridge's memory if it ran.
+fn run_once(bins: &Bins, world: &mut World, variant: Variant) -> (Duration, Option<Mem>) {
+    match variant {
+        Variant::Direct | Variant::Shell => {
+            let fifo = world.fresh("events");
+            let booted = booted_via_fifo(&fifo);
+            let monitor = format!("path={}", fifo.display());
+            let mut cmd = if variant == Variant::Direct {
+                let mut c = Command::new(&world.ch);
+                c.args(world.vm_args()).args([
+                    "--platform".to_owned(),
+                    format!("oem_strings=[{}]", world.plain_strings.join(",")),
+                ]);
+                c
+            } else {
+                let mut c = Command::new("bash");
+                c.arg(&bins.shell_pattern)
+                    .arg(&world.ch)
+                    .args(world.vm_args());
+                c
+            };
+            cmd.args(["--event-monitor", &monitor])
+                .env("CREDENTIALS_DIRECTORY", &world.creds)
+                .env_remove("FAKE_CH_RECORD_DIR")
+                .current_dir(world.dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let t0 = Instant::now();
+            let mut child = cmd.spawn().expect("spawn");
+            let t = booted.recv_timeout(WAIT).expect("vm:booted from the fake");
+            stop(&mut child);
+            let _ = std::fs::remove_file(&fifo);
+            (t - t0, None)
+        }
+        Variant::Api | Variant::Argv => {
+            let extra: &[&str] = if variant == Variant::Argv {
+                &["--delivery", "argv"]
+            } else {
+                &[]
+            };
+            let mut cmd = world.credbridge(bins, extra);
+            world.notify.drain();
+            let t0 = Instant::now();
+            let mut child = cmd.spawn().expect("spawn credbridge");
+            let (t, _) = world.notify.wait_ready();
+            let rss = memory(child.id());
+            stop(&mut child);
+            (t - t0, Some(rss))
+        }
+    }
+}
+
+/// `vm:booted` → `READY=1` with api delivery.
+fn booted_to_ready(bins: &Bins, world: &mut World) -> Duration {
+    let record = world.fresh("record");
+    std::fs::create_dir(&record).unwrap();
+    let booted = renamed_into(&record, "oem_strings.json");
+    let mut cmd = world.credbridge(bins, &[]);
+    cmd.env("FAKE_CH_RECORD_DIR", &record);
+    world.notify.drain();
+    let mut child = cmd.spawn().expect("spawn credbridge");
+    let (ready, _) = world.notify.wait_ready();
+    let booted = booted.recv_timeout(WAIT).expect("the fake booted");
+    stop(&mut child);
+    let _ = std::fs::remove_dir_all(&record);
+    ready.saturating_duration_since(booted)
+}
+
+/// The guest's `READY=1` written → `READY=1` to systemd, with `--ready guest`.
+fn guest_to_ready(bins: &Bins, world: &mut World) -> Duration {
+    let record = world.fresh("record");
+    std::fs::create_dir(&record).unwrap();
+    let mut cmd = world.credbridge(bins, &["--ready", "guest", "--vsock-cid", "3"]);
+    cmd.env("FAKE_CH_RECORD_DIR", &record)
+        .env("FAKE_CH_GUEST_NOTIFY", "8888:READY=1")
+        .env("FAKE_CH_GUEST_NOTIFY_CLOSE_TIMEOUT_MS", "500");
+    world.notify.drain();
+    let mut child = cmd.spawn().expect("spawn credbridge");
+    let (_, ready_wall) = world.notify.wait_ready();
+    // The fake writes its line once the host has closed the connection.
+    let log = record.join("guest_notify.jsonl");
+    let deadline = Instant::now() + WAIT;
+    let written_ns: u128 = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            break v["written_realtime_ns"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("guest notify failed: {v}"));
+        }
+        assert!(Instant::now() < deadline, "no guest_notify.jsonl");
+        thread::sleep(Duration::from_millis(2));
+    };
+    stop(&mut child);
+    let _ = std::fs::remove_dir_all(&record);
+    let ready_ns = ready_wall.duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    Duration::from_nanos(ready_ns.saturating_sub(written_ns) as u64)
+}
+
+/// Whether this credbridge has `--ready guest` (added in the same release as this bench).
+fn has_guest_ready(bins: &Bins) -> bool {
+    Command::new(&bins.credbridge)
+        .args(["run", "--help"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("guest"))
+        .unwrap_or(false)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics and the table.
+
+struct Stats {
+    median: Duration,
+    p10: Duration,
+    p90: Duration,
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    assert!(!v.is_empty());
+    v.sort();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    Stats {
+        median: at(0.5),
+        p10: at(0.1),
+        p90: at(0.9),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 1.0 {
+        format!("{:.0} µs", ms * 1000.0)
+    } else if ms >= 100.0 {
+        format!("{ms:.0} ms")
+    } else if ms >= 10.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{ms:.2} ms")
+    }
+}
+
+fn spread(s: &Stats) -> String {
+    format!("{} [{}–{}]", ms(s.median), ms(s.p10), ms(s.p90))
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.2} MiB", kib as f64 / 1024.0)
+}
+
+/// A criterion median from `estimates.json`, if `cargo bench --bench codec` has run.
+fn criterion_median(id: &str) -> Option<Duration> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let file = target.join("criterion").join(id).join("new/estimates.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(file).ok()?).ok()?;
+    let ns = v["median"]["point_estimate"].as_f64()?;
+    Some(Duration::from_nanos(ns.round() as u64))
+}
+
+fn us(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.1} µs")
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is taken.
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let credbridge = PathBuf::from(env!("CARGO_BIN_EXE_credbridge"));
+    let fake = credbridge.with_file_name("fake-cloud-hypervisor");
+    assert!(
+        fake.exists(),
+        "{} is missing: build it with `cargo build --release -p fake-cloud-hypervisor` (bench/run.sh does)",
+        fake.display()
+    );
+    let bins = Bins {
+        credbridge,
+        fake,
+        shell_pattern: Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/shell-pattern.sh"),
+    };
+    let guest = has_guest_ready(&bins);
+
+    let mut worlds: Vec<World> = COUNTS.iter().map(|&n| World::new(&bins, n)).collect();
+    // samples[count index][variant index]
+    let mut samples: Vec<Vec<Vec<Duration>>> = vec![vec![Vec::new(); VARIANTS.len()]; COUNTS.len()];
+    let mut rss: Vec<Vec<Mem>> = vec![Vec::new(); COUNTS.len()];
+    let mut booted_ready = Vec::new();
+    let mut guest_ready = Vec::new();
+    let warmup = 2;
+    eprint!("bench: {rounds} rounds (+{warmup} warm-up) ");
+    for round in 0..rounds + warmup {
+        for (ci, world) in worlds.iter_mut().enumerate() {
+            for (vi, &variant) in VARIANTS.iter().enumerate() {
+                let (d, mem) = run_once(&bins, world, variant);
+                if round >= warmup {
+                    samples[ci][vi].push(d);
+                    if let (Some(m), Variant::Api) = (mem, variant) {
+                        rss[ci].push(m);
+                    }
+                }
+            }
+        }
+        let world = &mut worlds[1];
+        let d = booted_to_ready(&bins, world);
+        let g = guest.then(|| guest_to_ready(&bins, world));
+        if round >= warmup {
+            booted_ready.push(d);
+            guest_ready.extend(g);
+        }
+        eprint!(".");
+    }
+    eprintln!();
+
+    let st: Vec<Vec<Stats>> = samples
+        .into_iter()
+        .map(|per_variant| per_variant.into_iter().map(stats).collect())
+        .collect();
+    let med = |ci: usize, v: Variant| st[ci][VARIANTS.iter().position(|&x| x == v).unwrap()].median;
+    let size = std::fs::metadata(&bins.credbridge).unwrap().len();
+
+    let mut rows: Vec<[String; 4]> = vec![[
+        "measure".into(),
+        "1 credential".into(),
+        "10 credentials".into(),
+        "100 credentials".into(),
+    ]];
+    let header = |s: &str| {
+        [
+            format!("**{s}**"),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]
+    };
+    rows.push(header(
+        "start → ready, median [p10–p90] (× the hypervisor alone)",
+    ));
+    let labels = [
+        (
+            Variant::Direct,
+            "cloud-hypervisor (fake) alone, strings in argv: spawn → vm:booted",
+        ),
+        (
+            Variant::Shell,
+            "shell pattern (`cat` each file into --platform): spawn → vm:booted",
+        ),
+        (
+            Variant::Api,
+            "credbridge run, api delivery: spawn → READY=1",
+        ),
+        (
+            Variant::Argv,
+            "credbridge run, argv delivery: spawn → READY=1",
+        ),
+    ];
+    for (vi, (variant, label)) in labels.iter().enumerate() {
+        let mut row = [
+            label.to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ];
+        for ci in 0..COUNTS.len() {
+            let s = &st[ci][vi];
+            row[ci + 1] = if *variant == Variant::Direct {
+                format!("{} (1.00×)", spread(s))
+            } else {
+                format!(
+                    "{} ({:.2}×)",
+                    spread(s),
+                    ratio(s.median, med(ci, Variant::Direct))
+                )
+            };
+        }
+        rows.push(row);
+    }
+    let mut ratio_row = |label: &str, a: Variant, b: Variant| {
+        let mut row = [
+            label.to_owned(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ];
+        for ci in 0..COUNTS.len() {
+            let (ma, mb) = (med(ci, a), med(ci, b));
+            let diff = ma.as_secs_f64() - mb.as_secs_f64();
+            row[ci + 1] = format!("{:.2}× ({:+.2} ms)", ratio(ma, mb), diff * 1000.0);
+        }
+        rows.push(row);
+    };
+    ratio_row(
+        "credbridge api ÷ hypervisor alone (overhead)",
+        Variant::Api,
+        Variant::Direct,
+    );
+    ratio_row(
+        "credbridge api ÷ shell pattern",
+        Variant::Api,
+        Variant::Shell,
+    );
+    ratio_row("api delivery ÷ argv delivery", Variant::Api, Variant::Argv);
+
+    rows.push(header("readiness latency, median [p10–p90]"));
+    let br = stats(booted_ready);
+    rows.push([
+        "vm:booted written → READY=1 sent (api delivery)".into(),
+        String::new(),
+        format!(
+            "{} ({:.1}% of start → READY=1)",
+            spread(&br),
+            100.0 * ratio(br.median, med(1, Variant::Api))
+        ),
+        String::new(),
+    ]);
+    rows.push([
+        "guest READY=1 written → READY=1 sent (--ready guest)".into(),
+        String::new(),
+        if guest_ready.is_empty() {
+            "skipped: this credbridge has no --ready guest".into()
+        } else {
+            let g = stats(guest_ready);
+            format!(
+                "{} ({:.1}× vm:booted → READY=1)",
+                spread(&g),
+                ratio(g.median, br.median)
+            )
+        },
+        String::new(),
+    ]);
+
+    rows.push(header("footprint (release build)"));
+    let median_of = |r: &[Mem], f: fn(&Mem) -> u64| {
+        let mut v: Vec<u64> = r.iter().map(f).collect();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let mut rss_row = [
+        "credbridge VmRSS while supervising, median (max VmHWM); × the 3 MiB target".to_owned(),
+        String::new(),
+        String::new(),
+        String::new(),
+    ];
+    let mut split_row = [
+        "… of which private anon (heap, stacks) / PSS (shared pages split)".to_owned(),
+        String::new(),
+        String::new(),
+        String::new(),
+    ];
+    for (ci, r) in rss.iter().enumerate() {
+        let median = median_of(r, |m| m.rss);
+        let hwm = r.iter().map(|m| m.hwm).max().unwrap();
+        rss_row[ci + 1] = format!(
+            "{} ({}); {:.2}×",
+            mib(median),
+            mib(hwm),
+            median as f64 / 3072.0
+        );
+        split_row[ci + 1] = format!(
+            "{} / {}",
+            mib(median_of(r, |m| m.anon)),
+            mib(median_of(r, |m| m.pss))
+        );
+    }
+    rows.push(rss_row);
+    rows.push(split_row);
+    rows.push([
+        "credbridge binary (stripped, LTO, opt-level s)".into(),
+        format!("{} ({} bytes)", mib(size / 1024), size),
+        String::new(),
+        String::new(),
+    ]);
+
+    rows.push(header(
+        "pure work: criterion medians (× credbridge api spawn → READY=1 with 100)",
+    ));
+    let api100 = med(2, Variant::Api);
+    for (id, label) in [
+        (
+            "credentials/encode_validate_255_plain",
+            "encode + validate 255 credentials, 60 KiB entry, plain (api)",
+        ),
+        (
+            "credentials/encode_validate_255_binary",
+            "encode + validate 255 credentials, 60 KiB entry, base64 (argv)",
+        ),
+        (
+            "credentials/load_255_from_dir",
+            "read 255 credentials (60 KiB) from a directory",
+        ),
+        (
+            "argv/translate_largest_fixture",
+            "largest fixture argv → vm.create JSON",
+        ),
+    ] {
+        let cell = match criterion_median(id) {
+            Some(d) => format!("{} ({:.3}×)", us(d), ratio(d, api100)),
+            None => "n/a: run `cargo bench --bench codec` first".into(),
+        };
+        rows.push([label.into(), cell, String::new(), String::new()]);
+    }
+
+    print_table(&rows, rounds);
+}
+
+fn print_table(rows: &[[String; 4]], rounds: usize) {
+    let widths: Vec<usize> = (0..4)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    println!(
+        "credbridge start-path benchmark: release build, {rounds} rounds per figure, all from one run; {} cores",
+        thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!();
+    for (i, r) in rows.iter().enumerate() {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+            .collect();
+        println!("| {} |", cells.join(" | "));
+        if i == 0 {
+            let sep: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            println!("|-{}-|", sep.join("-|-"));
+        }
+    }
+}
