@@ -467,10 +467,11 @@ fn crash_after_boot_leaves_no_socket_and_no_secret() {
     let args = vm_args(&rig);
     let child = rig
         .command("run", &[], &strs(&args))
-        .env("FAKE_CH_KILL_SELF_AFTER_BOOT_MS", "300")
+        .env("FAKE_CH_KILL_SELF_AFTER_BOOT_MS", "1500")
         .spawn()
         .unwrap();
     rig.notify.wait_for("READY=1", T).expect("READY=1");
+    // Listed within the 1.5 s the fake lives after boot.
     let sockets_while_running = sockets_in(rig.dir.path());
     assert!(!sockets_while_running.is_empty(), "a private API socket");
     let end = finish(&mut rig, child, T);
