@@ -146,9 +146,7 @@ pub enum CredentialError {
         "credential {name:?} is {size} bytes, the limit is {MAX_CREDENTIAL_SIZE} bytes (1 MiB) per credential\nhint: systemd and the guest refuse larger credentials; store a smaller secret, or leave it out with --credential"
     )]
     TooLarge { name: String, size: u64 },
-    #[error(
-        "credential {name:?} changed size while it was read ({expected} bytes, then {actual}+)"
-    )]
+    #[error("credential {name:?} changed size while it was read: {expected} bytes when opened, {} when read\nhint: credentials must not change while the service starts; systemd's credentials directory is immutable, so check what writes to this one", if actual > expected { format!("more than {expected}") } else { actual.to_string() })]
     ChangedSize {
         name: String,
         expected: usize,

@@ -56,7 +56,18 @@ pub fn parse(bytes: &[u8]) -> GuestMessage {
 /// The guest is not trusted: its text is shown in `systemctl status` and the journal, so
 /// control characters go and the length is bounded.
 fn sanitize(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(200).collect()
+    // Bidirectional overrides and zero-width characters could make a guest's text read
+    // differently in a terminal than it is.
+    let invisible = |c: char| {
+        matches!(
+            c,
+            '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}'
+        )
+    };
+    s.chars()
+        .filter(|&c| !c.is_control() && !invisible(c))
+        .take(200)
+        .collect()
 }
 
 /// The port in a `vmm.notify_socket` value, if it is one credbridge can relay.
@@ -151,6 +162,8 @@ mod tests {
         assert_eq!(m.status.as_deref(), Some("a[31mbc"));
         let long = format!("STATUS={}", "x".repeat(1000));
         assert_eq!(parse(long.as_bytes()).status.unwrap().len(), 200);
+        let m = parse("STATUS=a\u{202e}b\u{200b}c".as_bytes());
+        assert_eq!(m.status.as_deref(), Some("abc"));
         let m = parse(b"STATUS=\xff\xfe ok");
         assert!(m.status.unwrap().ends_with(" ok"));
     }

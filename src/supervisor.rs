@@ -391,7 +391,9 @@ impl<'a> Supervisor<'a> {
 
     fn fail(&mut self, msg: String) {
         tracing::error!("{msg}");
-        self.notify.status(&format!("Failed: {msg}"));
+        // ERRNO= makes `systemctl status` show an error code beside the STATUS text, as for
+        // failures before start.
+        self.notify.errno(&format!("Failed: {msg}"), libc::EIO);
         if self.failure.is_none() {
             self.failure = Some(msg);
         }

@@ -803,12 +803,12 @@ fn credential_that_changes_size_while_read_is_refused() {
         (
             "/proc/version",
             "grows",
-            "changed size while it was read (0 bytes, then 1+)",
+            "changed size while it was read: 0 bytes when opened, more than 0 when read",
         ),
         (
             "/sys/kernel/mm/transparent_hugepage/enabled",
             "shrinks",
-            "changed size while it was read (4096 bytes, then",
+            "changed size while it was read: 4096 bytes when opened, ",
         ),
     ] {
         if !Path::new(source).exists() {

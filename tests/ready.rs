@@ -160,6 +160,11 @@ fn ready_timeout_stops_the_vm_and_fails() {
     let msgs = rig.notify.messages();
     assert!(!msgs.iter().any(|m| m.contains("READY=1")), "{msgs:?}");
     assert!(msgs.iter().any(|m| m.contains("STOPPING=1")), "{msgs:?}");
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("STATUS=Failed: the VM was not ready") && m.contains("\nERRNO=")),
+        "a failure at run time carries ERRNO= too: {msgs:?}"
+    );
     let routes: Vec<String> = rig
         .requests()
         .iter()
