@@ -30,6 +30,10 @@ pub enum PlanError {
         "cannot tell which hypervisor {0:?} is from its file name\nhint: pass --hypervisor cloud-hypervisor or --hypervisor qemu"
     )]
     UnknownHypervisor(String),
+    #[error(
+        "cloud-hypervisor on {0} has no SMBIOS: it parses oem_strings and drops them, so the guest would get no credentials\nhint: credbridge needs an x86_64 host for cloud-hypervisor"
+    )]
+    NoSmbios(&'static str),
     #[error("QEMU argv: {0}")]
     QemuArgv(#[from] crate::qemu::ArgvError),
     #[error(
@@ -178,6 +182,15 @@ fn detect(program: &OsStr, forced: Option<HypervisorKind>) -> Result<HypervisorK
     }
 }
 
+/// cloud-hypervisor writes SMBIOS only on x86_64 (cloud-hypervisor.md section 2).
+fn check_ch_arch(arch: &'static str) -> Result<(), PlanError> {
+    if arch == "x86_64" {
+        Ok(())
+    } else {
+        Err(PlanError::NoSmbios(arch))
+    }
+}
+
 /// The platform strings that share the SMBIOS table with the OEM strings and so lower the
 /// ceiling (cloud-hypervisor.md section 2).
 fn system_strings_len(config: Option<&Value>) -> usize {
@@ -223,6 +236,7 @@ impl Plan {
         if kind == HypervisorKind::Qemu {
             return Self::build_qemu(args, env, program, user_args);
         }
+        check_ch_arch(std::env::consts::ARCH)?;
         // The argv is checked before the credentials are read, so a typo in the hypervisor's
         // command line is reported even when the secrets are fine.
         let parsed = ch::parse_argv(user_args)?;
@@ -815,6 +829,13 @@ fn write_json_string(out: &mut Vec<u8>, s: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cloud_hypervisor_needs_x86_64_for_smbios() {
+        assert!(check_ch_arch("x86_64").is_ok());
+        let e = check_ch_arch("aarch64").unwrap_err().to_string();
+        assert!(e.contains("aarch64") && e.contains("no SMBIOS"), "{e}");
+    }
 
     #[test]
     fn strip_option_handles_both_forms() {
