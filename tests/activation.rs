@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -53,24 +51,9 @@ fn activate_with(
     cmd.spawn().expect("systemd-socket-activate is installed")
 }
 
-/// One HTTP request on the socket; with Accept=no the first connection also starts the service.
+/// With Accept=no the first connection also starts the service.
 fn get(sock: &Path, path: &str) -> String {
-    // systemd-socket-activate binds before it listens: retry a refused connect briefly.
-    let mut conn = None;
-    wait_until(T, || {
-        conn = UnixStream::connect(sock).ok();
-        conn.is_some()
-    });
-    let mut s = conn.expect("connect to the activated socket");
-    s.set_read_timeout(Some(T)).unwrap();
-    write!(
-        s,
-        "GET /api/v1/{path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
+    http_get(sock, &format!("/api/v1/{path}"))
 }
 
 #[test]

@@ -482,21 +482,6 @@ fn named_api_socket_is_private_and_serves_vm_info() {
     assert!(!sock.exists(), "credbridge removes the socket it bound");
 }
 
-/// A minimal HTTP/1.1 GET like `curl --unix-socket` or ch-remote.
-fn http_get(sock: &std::path::Path, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
-    s.set_read_timeout(Some(T)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
 #[test]
 fn macvtap_fds_reach_the_hypervisor_through_add_net() {
     let mut rig = Rig::new();

@@ -331,3 +331,24 @@ pub fn pid_alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+/// One HTTP/1.1 GET on a Unix socket, like `curl --unix-socket` or ch-remote. Retries a refused
+/// connect briefly: systemd-socket-activate binds before it listens.
+pub fn http_get(sock: &Path, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = None;
+    wait_until(Duration::from_secs(10), || {
+        conn = std::os::unix::net::UnixStream::connect(sock).ok();
+        conn.is_some()
+    });
+    let mut s = conn.expect("connect to the API socket");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
