@@ -692,7 +692,7 @@ fn main() {
     rows.push(rss_row);
     rows.push(split_row);
     rows.push([
-        "credbridge binary (stripped, LTO, opt-level s)".into(),
+        "credbridge binary (stripped, LTO, opt-level z)".into(),
         format!("{} ({} bytes)", mib(size / 1024), size),
         String::new(),
         String::new(),
