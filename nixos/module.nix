@@ -31,7 +31,8 @@ let
   validCredentialName =
     s:
     builtins.match "[ -~]{1,255}" s != null
-    && builtins.match ".*[/:].*" s == null
+    # `=` too: the guest splits io.systemd.credential:NAME=VALUE at the first `=`.
+    && builtins.match ".*[/:=].*" s == null
     && s != "."
     && s != "..";
 
@@ -383,7 +384,7 @@ let
             assertion = validCredentialName credName;
             message =
               "${copt}: \"${credName}\" is not a valid credential name "
-              + "(1-255 printable ASCII characters, no \"/\" or \":\", not \".\" or \"..\").";
+              + "(1-255 printable ASCII characters, no \"/\", \":\" or \"=\", not \".\" or \"..\").";
           }
           {
             assertion = builtins.length found == 1;

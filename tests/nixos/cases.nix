@@ -81,6 +81,12 @@ in
     expect = [ ''services.credbridge.vms.myvm.credentials.\"a:b\": \"a:b\" is not a valid credential name'' ];
   };
 
+  # The guest would split a=b at the `=` and import credential "a".
+  equals-in-name = {
+    host = vm { credentials."a=b".credstore = "ab"; };
+    expect = [ ''services.credbridge.vms.myvm.credentials.\"a=b\": \"a=b\" is not a valid credential name'' ];
+  };
+
   bad-credstore = {
     host = vm { credentials.x.credstore = "/etc/credstore.encrypted/x"; };
     expect = [ "services.credbridge.vms.myvm.credentials.x.credstore: " "must be a bare name" ];
