@@ -361,8 +361,15 @@ impl<'a> Supervisor<'a> {
         }
         self.booted = true;
         tracing::info!("VM booted");
-        if self.plan.ready == Ready::Booted && self.stop == Stop::Running {
-            self.become_ready("VM booted");
+        if self.stop != Stop::Running {
+            return;
+        }
+        match self.plan.ready {
+            Ready::Booted => self.become_ready("VM booted"),
+            Ready::Guest if !self.ready => self
+                .notify
+                .status("VM booted, waiting for the guest's systemd to report ready"),
+            _ => {}
         }
     }
 

@@ -54,7 +54,9 @@ fn guest_ready_is_relayed_after_the_guests_own_and_connections_close_at_once() {
     assert!(ready.contains("VM running"), "{ready}");
     let msgs = rig.notify.messages();
     let i = |needle: &str| msgs.iter().position(|m| m.contains(needle));
+    let i_booted = i("STATUS=VM booted, waiting for the guest").expect("boot reported");
     let i_status = i("STATUS=guest: Starting services").expect("guest STATUS relayed");
+    assert!(i_booted < i_status, "{msgs:?}");
     let i_status2 = i("STATUS=guest: Reached target multi-user").unwrap();
     let i_ready = i("READY=1").unwrap();
     assert!(i_status < i_status2 && i_status2 < i_ready, "{msgs:?}");
