@@ -83,6 +83,7 @@ struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    chld: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -91,6 +92,7 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            chld: signal(SignalKind::child())?,
         })
     }
 }
@@ -330,6 +332,11 @@ impl<'a> Supervisor<'a> {
                 },
                 _ = signals.term.recv() => sup.on_stop_signal("SIGTERM"),
                 _ = signals.int.recv() => sup.on_stop_signal("SIGINT"),
+                _ = signals.chld.recv() => {
+                    for pid in sys::reap_strays(child.id()) {
+                        tracing::debug!("reaped pid {pid}, a child credbridge inherited but did not start");
+                    }
+                },
                 _ = signals.hup.recv() => {
                     tracing::info!("SIGHUP received and ignored; not forwarded, because cloud-hypervisor dies on SIGHUP");
                 },

@@ -189,6 +189,41 @@ pub fn sealed_memfd(name: &str, contents: &[u8]) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Reaps children credbridge did not spawn and leaves `own` alone.
+///
+/// microvm.nix's runner starts its socat notify relay in the background and then execs the
+/// hypervisor command, which is credbridge: the relay becomes our child. When it exits it would
+/// stay a zombie, since tokio waits only for the processes it spawned. `waitpid(-1)` would
+/// race tokio for the hypervisor's status, so each stray is waited for by pid, found in
+/// /proc/self/task/*/children. Returns the pids reaped.
+pub fn reap_strays(own: Option<u32>) -> Vec<i32> {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let mut reaped = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return reaped;
+    };
+    for task in tasks.flatten() {
+        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            if Some(pid as u32) == own {
+                continue;
+            }
+            let pid = nix::unistd::Pid::from_raw(pid);
+            if let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
+                waitpid(pid, Some(WaitPidFlag::WNOHANG))
+            {
+                reaped.push(pid.as_raw());
+            }
+        }
+    }
+    reaped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -599,3 +599,51 @@ fn api_errors_are_reported_with_their_strings_and_nothing_secret() {
     rig.assert_no_secret_in("stderr", stderr.as_bytes());
     assert!(!rig.notify.messages().iter().any(|m| m.contains("READY=1")));
 }
+
+/// microvm.nix's runner starts its socat notify relay in the background and then execs the
+/// hypervisor command: credbridge inherits a child it never spawned, which must not linger as
+/// a zombie once it exits, and must not disturb the hypervisor's exit status.
+#[test]
+fn children_inherited_from_the_runner_are_reaped() {
+    let mut rig = Rig::new();
+    rig.add_credential("k", b"value-inherited-child");
+    let args = rig.vm_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let inner = rig.command("run", &[], &args);
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("sleep 0.3 & echo $! > stray.pid; exec \"$@\"")
+        .arg("sh")
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.current_dir(rig.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    rig.notify.wait_for("READY=1", T).expect("READY=1");
+    let stray: i32 = std::fs::read_to_string(rig.path("stray.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_until(T, || !std::path::Path::new(&format!("/proc/{stray}"))
+            .exists()),
+        "the inherited child was reaped, not left a zombie (state: {:?})",
+        std::fs::read_to_string(format!("/proc/{stray}/stat"))
+    );
+    let fake = rig.fake_pid().unwrap();
+    assert!(pid_alive(fake), "the hypervisor itself is untouched");
+    signal(&child, Signal::SIGTERM);
+    assert_eq!(
+        wait_exit(&mut child, T).code(),
+        Some(0),
+        "its exit status is still ours"
+    );
+}
