@@ -506,19 +506,7 @@ fn macvtap_fds_reach_the_hypervisor_through_add_net() {
             "fd=[3,4],num_queues=4,mac=02:00:00:00:00:01",
         ],
     );
-    let mut cmd = std::process::Command::new("sh");
-    cmd.arg("-c").arg(script).arg("sh").arg(inner.get_program());
-    cmd.args(inner.get_args());
-    for (k, v) in inner.get_envs() {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
-    cmd.current_dir(rig.dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
+    let mut child = rig.through_shell(&script, &inner).spawn().unwrap();
     let ready = rig.notify.wait_for("READY=1", T);
     let stderr_early = if ready.is_none() {
         stderr_of(&mut child)
@@ -610,22 +598,10 @@ fn children_inherited_from_the_runner_are_reaped() {
     let args = rig.vm_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let inner = rig.command("run", &[], &args);
-    let mut cmd = std::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg("sleep 0.3 & echo $! > stray.pid; exec \"$@\"")
-        .arg("sh")
-        .arg(inner.get_program())
-        .args(inner.get_args());
-    for (k, v) in inner.get_envs() {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
-    cmd.current_dir(rig.dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
+    let mut child = rig
+        .through_shell("sleep 0.3 & echo $! > stray.pid; exec \"$@\"", &inner)
+        .spawn()
+        .unwrap();
     rig.notify.wait_for("READY=1", T).expect("READY=1");
     let stray: i32 = std::fs::read_to_string(rig.path("stray.pid"))
         .unwrap()

@@ -214,6 +214,28 @@ impl Rig {
         c
     }
 
+    /// `inner` started the way a runner script starts it: `sh -c SCRIPT` prepares fds or
+    /// background children, then `exec "$@"` becomes credbridge (microvm.nix's `microvm-run`).
+    pub fn through_shell(&self, script: &str, inner: &Command) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(script)
+            .arg("sh")
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        for (k, v) in inner.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
     /// A typical VM command line for the fake.
     pub fn vm_args(&self) -> Vec<String> {
         vec![
