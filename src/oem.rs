@@ -45,6 +45,10 @@ impl fmt::Display for Form {
 pub enum Origin {
     /// Already in the hypervisor's argv (microvm.nix puts `vmm.notify_socket` there).
     Argv,
+    /// In a file the hypervisor's argv names (QEMU's `-smbios type=11,path=FILE`): not a
+    /// credential of ours, but possibly a secret (it is the pattern credbridge replaces), so
+    /// never shown.
+    ArgvFile(std::path::PathBuf),
     /// `--oem-string`.
     Flag,
     /// Added by credbridge itself (the guest notify socket address).
@@ -131,8 +135,28 @@ impl OemString {
         self.bytes.is_empty()
     }
 
+    /// A credential credbridge delivers.
     pub fn is_secret(&self) -> bool {
         matches!(self.origin, Origin::Credential { .. })
+    }
+
+    /// Never shown, logged or kept longer than needed: credentials and argv files.
+    pub fn is_confidential(&self) -> bool {
+        matches!(self.origin, Origin::Credential { .. } | Origin::ArgvFile(_))
+    }
+
+    /// The hypervisor gets it from its own argv; credbridge only checks it.
+    pub fn is_from_argv(&self) -> bool {
+        matches!(self.origin, Origin::Argv | Origin::ArgvFile(_))
+    }
+
+    /// A string QEMU reads from a file its argv names.
+    pub fn from_argv_file(bytes: &[u8], path: std::path::PathBuf) -> Self {
+        OemString {
+            guest_name: credential_name_of(bytes),
+            bytes: Zeroizing::new(bytes.to_vec()),
+            origin: Origin::ArgvFile(path),
+        }
     }
 
     /// The string as `render` and logs may show it: public strings whole, credentials with the
@@ -148,6 +172,9 @@ impl OemString {
                 let value_len = self.len() - prefix.len() - name.len() - 1;
                 format!("{prefix}{name}=<redacted {value_len} bytes>")
             }
+            Origin::ArgvFile(path) => {
+                format!("<{} bytes from {}>", self.len(), path.display())
+            }
             _ => String::from_utf8_lossy(&self.bytes).into_owned(),
         }
     }
@@ -160,8 +187,12 @@ impl OemString {
                 _ => format!("credential {name:?}"),
             },
             Origin::Argv => format!(
-                "OEM string {:?} from the hypervisor's --platform",
+                "OEM string {:?} from the hypervisor's argv (--platform / -smbios)",
                 self.short()
+            ),
+            Origin::ArgvFile(path) => format!(
+                "the OEM string in {} (named by the hypervisor's argv)",
+                path.display()
             ),
             Origin::Flag => format!("--oem-string {:?}", self.short()),
             Origin::Credbridge => format!("credbridge's OEM string {:?}", self.short()),
@@ -387,6 +418,22 @@ mod tests {
         assert!(!r.contains("aHVudGVy"));
         let p = OemString::public("vmm.x=1", Origin::Flag);
         assert_eq!(p.redacted(), "vmm.x=1");
+    }
+
+    #[test]
+    fn strings_from_argv_files_are_never_shown() {
+        let s = OemString::from_argv_file(
+            b"io.systemd.credential:db=hunter2hunter2",
+            "/run/secrets/db".into(),
+        );
+        assert_eq!(s.redacted(), "<39 bytes from /run/secrets/db>");
+        assert!(!s.subject().contains("hunter2"), "{}", s.subject());
+        assert_eq!(
+            s.guest_name.as_deref(),
+            Some("db"),
+            "still checked for duplicates"
+        );
+        assert!(s.is_confidential() && s.is_from_argv() && !s.is_secret());
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub enum PlanError {
     )]
     NoVsock,
     #[error(
-        "{subject} says {value:?}; credbridge relays only vsock-stream:2:PORT, the form cloud-hypervisor's stream-only vsock carries\nhint: use io.systemd.credential:vmm.notify_socket=vsock-stream:2:PORT, or drop it and let credbridge add it (--notify-port)"
+        "{subject} says {value}; credbridge relays only vsock-stream:2:PORT, the form cloud-hypervisor's stream-only vsock carries\nhint: use io.systemd.credential:vmm.notify_socket=vsock-stream:2:PORT, or drop it and let credbridge add it (--notify-port)"
     )]
     NotifySocketForm { subject: String, value: String },
     #[error(
@@ -518,7 +518,12 @@ impl Plan {
                 // microvm.nix and credbridge write.
                 crate::guestnotify::port_of(value).ok_or_else(|| PlanError::NotifySocketForm {
                     subject: s.subject(),
-                    value: value.to_owned(),
+                    // A vmm.notify_socket from the credentials directory is still a credential.
+                    value: if s.is_confidential() {
+                        "<redacted>".to_owned()
+                    } else {
+                        format!("{value:?}")
+                    },
                 })?
             }
             None => {
@@ -577,7 +582,7 @@ impl Plan {
                 let extra: Vec<&str> = self
                     .strings
                     .iter()
-                    .filter(|s| s.origin != Origin::Argv)
+                    .filter(|s| !s.is_from_argv())
                     // Argv-safe by construction: binary form, and --oem-string checked above.
                     .map(|s| std::str::from_utf8(s.expose()).unwrap_or(""))
                     .collect();
@@ -615,7 +620,7 @@ impl Plan {
         args.iter()
             .map(|a| {
                 let mut s = a.to_string_lossy().into_owned();
-                for o in self.strings.iter().filter(|o| o.is_secret()) {
+                for o in self.strings.iter().filter(|o| o.is_confidential()) {
                     let secret = String::from_utf8_lossy(o.expose()).into_owned();
                     s = s.replace(&secret, &o.redacted());
                 }
@@ -636,7 +641,7 @@ impl Plan {
     /// Replaces every secret's value in `text` (an error from the hypervisor, say) by its size.
     pub fn scrub(&self, text: &str) -> String {
         let mut out = text.to_owned();
-        for o in self.strings.iter().filter(|o| o.is_secret()) {
+        for o in self.strings.iter().filter(|o| o.is_confidential()) {
             let full = String::from_utf8_lossy(o.expose()).into_owned();
             out = out.replace(&full, &o.redacted());
             if let Some((_, value)) = full.split_once('=') {
@@ -650,7 +655,7 @@ impl Plan {
 
     /// Drops the secrets once they have been handed over.
     pub fn forget_secrets(&mut self) {
-        self.strings.retain(|s| !s.is_secret());
+        self.strings.retain(|s| !s.is_confidential());
     }
 }
 

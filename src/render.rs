@@ -44,6 +44,7 @@ pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     for (i, s) in plan.strings.iter().enumerate() {
         let (source, form) = match &s.origin {
             Origin::Argv => ("argv", "-"),
+            Origin::ArgvFile(_) => ("argv file", "-"),
             Origin::Flag => ("flag", "-"),
             Origin::Credbridge => ("credbridge", "-"),
             Origin::Credential { form, .. } => (
@@ -71,11 +72,7 @@ pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
             .map_err(|e| io::Error::other(e.to_string()))?,
         Target::Qemu(_) => {
             // Placeholders: the memfds and the QMP socket exist only in `run`.
-            let added = plan
-                .strings
-                .iter()
-                .filter(|s| s.origin != Origin::Argv)
-                .count();
+            let added = plan.strings.iter().filter(|s| !s.is_from_argv()).count();
             let memfds: Vec<String> = (1..=added).map(|i| format!("<oem-{i}>")).collect();
             let mut a: Vec<String> = plan.redact_args(&plan.user_args);
             for m in &memfds {

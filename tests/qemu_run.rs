@@ -131,6 +131,9 @@ fn qemu_render_shows_memfds_and_refuses_cloud_hypervisor_only_flags() {
     let mut rig = Rig::new();
     rig.add_credential("k", b"render-qemu-secret");
     let creds = rig.creds.clone();
+    // The pattern credbridge replaces: a secret in a file QEMU reads itself.
+    let file = rig.path("legacy.cred");
+    std::fs::write(&file, b"io.systemd.credential:legacy=file-held-secret").unwrap();
     let run = |flags: &[&str]| {
         let mut cmd = std::process::Command::new(credbridge_bin());
         cmd.arg("render")
@@ -142,6 +145,8 @@ fn qemu_render_shows_memfds_and_refuses_cloud_hypervisor_only_flags() {
                 "-smbios",
                 "type=11,value=io.systemd.credential:from-argv=a,,b",
             ])
+            .arg("-smbios")
+            .arg(format!("type=11,path={}", file.display()))
             .env("CREDENTIALS_DIRECTORY", &creds)
             .output()
             .unwrap()
@@ -150,6 +155,12 @@ fn qemu_render_shows_memfds_and_refuses_cloud_hypervisor_only_flags() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     rig.assert_no_secret_in("stdout", &out.stdout);
+    assert!(
+        stdout.contains("argv file")
+            && stdout.contains("bytes from ")
+            && !stdout.contains("file-held-secret"),
+        "a -smbios path= file is checked but never shown: {stdout}"
+    );
     assert!(stdout.contains("hypervisor:   QEMU"), "{stdout}");
     assert!(stdout.contains("type=11,path=/dev/fd/<oem-1>"), "{stdout}");
     assert!(

@@ -248,3 +248,28 @@ fn ready_guest_without_vsock_is_refused_with_the_fix() {
     );
     assert!(!rig.record_file("pid").exists());
 }
+
+#[test]
+fn a_bad_notify_socket_credential_is_refused_without_showing_it() {
+    let mut rig = Rig::new();
+    // The guest would take this as its notify address; credbridge cannot relay it.
+    rig.add_credential("vmm.notify_socket", b"vsock:2:7777-not-shown");
+    let kernel = rig.kernel();
+    let out = rig
+        .command(
+            "run",
+            &["--ready", "guest", "--vsock-cid", "5"],
+            &["--kernel", &kernel],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("credential \"vmm.notify_socket\" says <redacted>")
+            && stderr.contains("vsock-stream:2:PORT"),
+        "{stderr}"
+    );
+    rig.assert_no_secret_in("stderr", &out.stderr);
+    assert!(!rig.record_file("pid").exists());
+}

@@ -14,6 +14,8 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
+use zeroize::Zeroizing;
+
 use crate::oem::{OemString, Origin};
 
 /// Id of the chardev credbridge's QMP monitor runs on.
@@ -102,7 +104,8 @@ pub struct QemuArgv {
     /// before every string credbridge adds, because credbridge's `-smbios` options follow the
     /// argv (verified with QEMU 7.2 and a systemd 252 guest: on a duplicate name the argv's
     /// string, the first, wins).
-    pub oem_strings: Vec<(Vec<u8>, ArgvSource)>,
+    /// Zeroed on drop: a `path=` file may hold a secret.
+    pub oem_strings: Vec<(Zeroizing<Vec<u8>>, ArgvSource)>,
     /// The argv's own monitors (`-qmp`, `-qmp-pretty`, `-mon`, `-monitor`), kept as given;
     /// credbridge adds its own QMP monitor regardless.
     pub monitors: Vec<String>,
@@ -129,7 +132,12 @@ impl QemuArgv {
     pub fn argv_oem_strings(&self) -> Vec<OemString> {
         self.oem_strings
             .iter()
-            .map(|(bytes, _)| OemString::public(&String::from_utf8_lossy(bytes), Origin::Argv))
+            .map(|(bytes, source)| match source {
+                ArgvSource::Value => {
+                    OemString::public(&String::from_utf8_lossy(bytes), Origin::Argv)
+                }
+                ArgvSource::Path(p) => OemString::from_argv_file(bytes, p.clone()),
+            })
             .collect()
     }
 }
@@ -317,14 +325,17 @@ fn smbios(arg: &[u8], out: &mut QemuArgv) -> Result<(), ArgvError> {
     // QEMU reads value= and path= items in the order given (save_opt_list walks the list).
     for item in items.iter().filter(|i| i.key != "type") {
         match (item.key.as_str(), &item.value) {
-            ("value", Some(v)) => out.oem_strings.push((v.clone(), ArgvSource::Value)),
+            ("value", Some(v)) => out
+                .oem_strings
+                .push((Zeroizing::new(v.clone()), ArgvSource::Value)),
             ("path", Some(p)) => {
                 if let Some(fd) = fd_of_path(p) {
                     out.inherited_fds.push(fd);
                 }
                 let path = PathBuf::from(OsStr::from_bytes(p));
                 let bytes = read_path_string(&path)?;
-                out.oem_strings.push((bytes, ArgvSource::Path(path)));
+                out.oem_strings
+                    .push((Zeroizing::new(bytes), ArgvSource::Path(path)));
             }
             (k, _) => {
                 return Err(err(format!(
@@ -484,11 +495,7 @@ pub fn launch(
     strings: &[OemString],
 ) -> io::Result<Launch> {
     let mut memfds = Vec::new();
-    for (i, s) in strings
-        .iter()
-        .filter(|s| s.origin != Origin::Argv)
-        .enumerate()
-    {
+    for (i, s) in strings.iter().filter(|s| !s.is_from_argv()).enumerate() {
         memfds.push(crate::sys::sealed_memfd(
             &format!("credbridge-oem-{i}"),
             s.expose(),
@@ -591,6 +598,9 @@ mod tests {
         let o = p.argv_oem_strings();
         assert_eq!(o[0].origin, Origin::Argv);
         assert_eq!(o[0].guest_name.as_deref(), Some("a"));
+        // A file's string is checked like the others but never shown.
+        assert!(matches!(o[1].origin, Origin::ArgvFile(_)));
+        assert_eq!(o[1].guest_name.as_deref(), Some("f"));
     }
 
     #[test]
