@@ -246,8 +246,15 @@ impl Plan {
         let delivery = args.delivery;
         let mut warnings = Vec::new();
 
-        let mut strings: Vec<OemString> = ch::platform_oem_strings(user_args)?
-            .iter()
+        // The argv's own strings, as the parse above already read them.
+        let mut strings: Vec<OemString> = parsed
+            .vm_config
+            .as_ref()
+            .and_then(|c| c.pointer("/platform/oem_strings"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
             .map(|s| OemString::public(s, Origin::Argv))
             .collect();
         strings.extend(Self::flag_and_credential_strings(
