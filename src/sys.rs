@@ -3,9 +3,9 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 
-use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 
 /// Marks every inherited fd above stderr close-on-exec.
@@ -53,26 +53,11 @@ pub fn fd_is_open(fd: RawFd) -> bool {
     fcntl(borrowed, FcntlArg::F_GETFD).is_ok()
 }
 
-/// Borrows an fd number we have checked is open and own for the process lifetime (inherited fds).
-pub fn borrow_inherited(fd: RawFd) -> BorrowedFd<'static> {
-    // SAFETY: callers pass fds validated with `fd_is_open` that nothing in credbridge closes;
-    // they stay open until exit.
-    unsafe { BorrowedFd::borrow_raw(fd) }
-}
-
 /// Takes ownership of an inherited fd (socket activation).
 pub fn own_inherited(fd: RawFd) -> OwnedFd {
     use std::os::fd::FromRawFd;
     // SAFETY: the fd was handed to us by LISTEN_FDS, checked open, and is claimed exactly once.
     unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-/// Sets O_NONBLOCK on an fd we own.
-pub fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
-    let bits = fcntl(fd, FcntlArg::F_GETFL)?;
-    let flags = OFlag::from_bits_truncate(bits) | OFlag::O_NONBLOCK;
-    fcntl(fd, FcntlArg::F_SETFL(flags))?;
-    Ok(())
 }
 
 /// Prepares the hypervisor child between fork and exec.
@@ -154,11 +139,6 @@ pub fn die_by_signal(sig: i32) -> ! {
     std::process::exit(128 + sig);
 }
 
-/// The raw number of an fd, for argv such as `--api-socket fd=N`.
-pub fn raw(fd: &impl AsRawFd) -> RawFd {
-    fd.as_raw_fd()
-}
-
 /// A memfd holding `contents`, sealed so that nobody can change it afterwards.
 ///
 /// This is how an OEM string reaches QEMU without a file on disk or a value in argv: the
@@ -234,7 +214,11 @@ mod tests {
         let value: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
         let fd = sealed_memfd("credbridge-test", &value).unwrap();
         // Reading through /proc/self/fd reopens it, as QEMU does with /dev/fd/N.
-        let back = std::fs::read(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        let back = std::fs::read(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ))
+        .unwrap();
         assert_eq!(back, value);
         let mut file = std::fs::File::from(fd);
         file.rewind().unwrap();
