@@ -207,17 +207,6 @@ boot() {
     fi
 }
 
-# The credential's report line: sets C_SIZE C_SUM C_DATA, or fails.
-find_cred() {
-    local rep="$1" want="$2" tag size sum data name
-    while read -r tag size sum data name; do
-        if [ "$tag" = CRED ] && [ "$name" = "$want" ]; then
-            C_SIZE="$size" C_SUM="$sum" C_DATA="$data"
-            return 0
-        fi
-    done <"$rep"
-    return 1
-}
 short() { local n="$1"; if [ ${#n} -gt 40 ]; then echo "${n:0:16}...(${#n}-byte name)"; else echo "$n"; fi; }
 
 check_cred() { # release report name expected-file

@@ -83,3 +83,16 @@ e2e_report() {
         on { print }
         END { exit(done ? 0 : 1) }'
 }
+
+# The CRED line for credential WANT in report file REP (the guest's report format):
+# sets C_SIZE C_SUM C_DATA, or returns 1.
+find_cred() {
+    local rep="$1" want="$2" tag size sum data name
+    while read -r tag size sum data name; do
+        if [ "$tag" = CRED ] && [ "$name" = "$want" ]; then
+            C_SIZE="$size" C_SUM="$sum" C_DATA="$data"
+            return 0
+        fi
+    done <"$rep"
+    return 1
+}

@@ -107,17 +107,6 @@ printf 'still-here' >"$W/exp4/after"
 BOOT2=(-smbios "type=11,path=$W/in/big" -smbios "type=11,value=io.systemd.credential:after=still-here")
 
 # ---------------------------------------------------------------- helpers
-# Look a credential up in a report file: sets C_SIZE C_SUM C_DATA, or fails.
-find_cred() {
-    local rep="$1" want="$2" tag size sum data name
-    while read -r tag size sum data name; do
-        if [ "$tag" = CRED ] && [ "$name" = "$want" ]; then
-            C_SIZE="$size" C_SUM="$sum" C_DATA="$data"
-            return 0
-        fi
-    done <"$rep"
-    return 1
-}
 
 short() { local n="$1"; if [ ${#n} -gt 40 ]; then echo "${n:0:20}...(${#n} bytes)"; else echo "$n"; fi; }
 
