@@ -74,16 +74,8 @@ pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
             // Placeholders: the memfds and the QMP socket exist only in `run`.
             let added = plan.strings.iter().filter(|s| !s.is_from_argv()).count();
             let memfds: Vec<String> = (1..=added).map(|i| format!("<oem-{i}>")).collect();
-            let mut a: Vec<String> = plan.redact_args(&plan.user_args);
-            for m in &memfds {
-                a.push("-smbios".into());
-                a.push(format!("type=11,path=/dev/fd/{m}"));
-            }
-            a.push("-chardev".into());
-            a.push("socket,id=credbridge-qmp,fd=<qmp>".into());
-            a.push("-mon".into());
-            a.push("chardev=credbridge-qmp,mode=control".into());
-            a
+            let args = crate::qemu::child_args(&plan.user_args, &memfds, "<qmp>".to_owned());
+            plan.redact_args(&args)
         }
     };
     writeln!(out, "argv:")?;

@@ -450,7 +450,11 @@ pub fn parse_argv(args: &[OsString]) -> Result<QemuArgv, ArgvError> {
 /// `-smbios type=11,path=/dev/fd/N` per string credbridge adds (`smbios_fds`, in order), then
 /// credbridge's QMP monitor on `qmp_fd`. Pure, so `render` can call it with placeholder fd
 /// numbers; nothing secret is in it.
-pub fn child_args(user_args: &[OsString], smbios_fds: &[RawFd], qmp_fd: RawFd) -> Vec<OsString> {
+pub fn child_args<F: std::fmt::Display>(
+    user_args: &[OsString],
+    smbios_fds: &[F],
+    qmp_fd: F,
+) -> Vec<OsString> {
     let mut args = user_args.to_vec();
     for fd in smbios_fds {
         args.push("-smbios".into());
