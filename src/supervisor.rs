@@ -440,6 +440,14 @@ impl<'a> Supervisor<'a> {
             self.escalate_to(Stop::Terminated);
             return;
         }
+        let Some(button) = self.backend.power_button() else {
+            tracing::info!(
+                "the VM has no ACPI (-no-acpi), so no guest hears the power button; taking the next step"
+            );
+            let next = self.after_power_button();
+            self.escalate_to(next);
+            return;
+        };
         self.stop = Stop::PowerButton;
         let t = self.plan.stop_timeout;
         let next = match self.after_power_button() {
@@ -450,7 +458,7 @@ impl<'a> Supervisor<'a> {
             "Stopping VM: ACPI power button, {next} after {t:?}"
         ));
         self.stop_deadline = Some(Instant::now() + t);
-        self.power_fut = Some(self.backend.power_button());
+        self.power_fut = Some(button);
     }
 
     /// The step after the power button: `quit` where the hypervisor has it, else SIGTERM.

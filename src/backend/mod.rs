@@ -79,10 +79,10 @@ impl Backend {
         }
     }
 
-    /// The ACPI power button.
-    pub fn power_button(&self) -> Boxed<Result<(), String>> {
+    /// The ACPI power button; `None` when no guest can hear it (QEMU with `-no-acpi`).
+    pub fn power_button(&self) -> Option<Boxed<Result<(), String>>> {
         match self {
-            Backend::Ch(b) => b.power_button(),
+            Backend::Ch(b) => Some(b.power_button()),
             Backend::Qemu(b) => b.power_button(),
         }
     }
