@@ -104,7 +104,7 @@ pub struct QemuArgv {
     /// before every string credbridge adds, because credbridge's `-smbios` options follow the
     /// argv (verified with QEMU 7.2 and a systemd 252 guest: on a duplicate name the argv's
     /// string, the first, wins).
-    /// Zeroed on drop: a `path=` file may hold a secret.
+    /// Zeroed on drop and hidden from Debug: a `path=` file may hold a secret.
     pub oem_strings: Vec<(Zeroizing<Vec<u8>>, ArgvSource)>,
     /// The argv's own monitors (`-qmp`, `-qmp-pretty`, `-mon`, `-monitor`), kept as given;
     /// credbridge adds its own QMP monitor regardless.
@@ -599,6 +599,14 @@ mod tests {
             ]
         );
         assert_eq!(p.oem_strings[1].1, ArgvSource::Path(f));
+        // Zeroizing's Debug hides the bytes; a plain Vec<u8> would print them as numbers.
+        let shown = format!("{p:?}");
+        let as_numbers = format!("{:?}", &p.oem_strings[1].0[..8]);
+        let as_numbers = as_numbers.trim_matches(|c| c == '[' || c == ']');
+        assert!(
+            !shown.contains(as_numbers),
+            "Debug shows no content: {shown}"
+        );
         let o = p.argv_oem_strings();
         assert_eq!(o[0].origin, Origin::Argv);
         assert_eq!(o[0].guest_name.as_deref(), Some("a"));
