@@ -19,6 +19,7 @@ pub mod qemu;
 pub mod render;
 pub mod supervisor;
 pub mod sys;
+pub mod vsock;
 
 /// credbridge's own failures: bad input, nothing could be started, or the start failed
 /// although the hypervisor exited 0. Chosen outside the hypervisor's own codes (0, 1, 2) and

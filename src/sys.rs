@@ -169,6 +169,39 @@ pub fn sealed_memfd(name: &str, contents: &[u8]) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// accept4(2) with SOCK_CLOEXEC | SOCK_NONBLOCK, the connection owned.
+pub fn accept_nonblocking(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{SockFlag, accept4};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let fd = accept4(
+        listener.as_raw_fd(),
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )?;
+    // SAFETY: accept4 just returned this fd; nothing else holds it, so it is owned exactly once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Registers an owned fd with tokio's reactor (for sockets tokio has no type for: AF_VSOCK).
+/// Needs a tokio runtime.
+pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd is open until dropped, and it is dropped only with the AsyncFd that
+    // owns it; its as_raw_fd always returns the same number.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(io::Error::from)
+}
+
+// VHOST_VSOCK_SET_GUEST_CID = _IOW(VHOST_VIRTIO 0xAF, 0x60, __u64) (linux/vhost.h).
+nix::ioctl_write_ptr!(vhost_vsock_set_guest_cid_raw, 0xAF, 0x60, u64);
+
+/// Claims `cid` for the guest on a `/dev/vhost-vsock` fd; EADDRINUSE if another fd has it.
+pub fn vhost_vsock_set_guest_cid(fd: BorrowedFd<'_>, cid: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let cid = u64::from(cid);
+    // SAFETY: the ioctl reads one u64 through the pointer, which lives for the call; an fd
+    // that is not a vhost-vsock device fails with ENOTTY and changes nothing.
+    unsafe { vhost_vsock_set_guest_cid_raw(fd.as_raw_fd(), &cid) }?;
+    Ok(())
+}
+
 /// Reaps children credbridge did not spawn and leaves `own` alone.
 ///
 /// microvm.nix's runner starts its socat notify relay in the background and then execs the
