@@ -103,11 +103,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub stop_timeout: Duration,
 
-    /// vsock port the guest's systemd sends its notifications to (with --ready guest).
-    #[arg(long, value_name = "PORT", default_value_t = 8888)]
-    pub notify_port: u32,
+    /// vsock port the guest's systemd sends its notifications to (with --ready guest)
+    /// [default: 8888 for cloud-hypervisor, whose ports are per VM; for QEMU a free port the
+    /// kernel picks, since host ports are shared by all VMs].
+    #[arg(long, value_name = "PORT")]
+    pub notify_port: Option<u32>,
 
-    /// Add `--vsock cid=CID,socket=...` for guest notifications when the argv has no --vsock.
+    /// Give the VM a vsock device with this guest CID when the argv has none:
+    /// `--vsock cid=CID,socket=...` for cloud-hypervisor, `-device vhost-vsock-pci,guest-cid=CID`
+    /// for QEMU (CID reserved on /dev/vhost-vsock before QEMU starts).
     #[arg(long, value_name = "CID")]
     pub vsock_cid: Option<u32>,
 

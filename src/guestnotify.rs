@@ -1,7 +1,8 @@
 //! The guest's own sd_notify messages, relayed natively: since systemd 253 a guest sends
-//! `READY=1` and `STATUS=` to the address in its `vmm.notify_socket` credential. For
-//! cloud-hypervisor that is `vsock-stream:2:PORT`, which arrives on the host Unix socket
-//! `<vsock socket>_PORT`.
+//! `READY=1` and `STATUS=` to the address in its `vmm.notify_socket` credential,
+//! `vsock-stream:2:PORT`. With cloud-hypervisor's hybrid vsock that connection arrives on the
+//! host Unix socket `<vsock socket>_PORT`; with QEMU's kernel vhost-vsock on an AF_VSOCK
+//! listener (`crate::vsock`), where only the guest's own CID is heard.
 //!
 //! One message per connection, closed at once: a guest with systemd >= 256 waits for the peer
 //! to close each connection, and a relay that lingers stalls its boot by seconds per message
@@ -12,8 +13,11 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::UnixListener;
+
+use crate::plan::GuestNotifyPlan;
+use crate::vsock::{self, VsockError};
 
 /// The largest message we read; sd_notify messages are a few hundred bytes.
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -82,18 +86,92 @@ pub enum GuestNotifyError {
     Bind { path: PathBuf, source: io::Error },
     #[error("{} exists and is not a socket; refusing to remove it", path.display())]
     NotASocket { path: PathBuf },
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
 }
 
-pub enum Listener {
-    /// We relay.
-    Ours(UnixListener, PathBuf),
-    /// Someone else (microvm.nix's socat relay) is already serving the path.
+/// Where the guest's notifications arrive, while credbridge relays them.
+pub enum Relay {
+    /// cloud-hypervisor's hybrid vsock: removed from disk when dropped.
+    Unix {
+        listener: UnixListener,
+        path: PathBuf,
+    },
+    /// QEMU's kernel vhost-vsock.
+    Vsock(vsock::Listener),
+}
+
+pub enum Bound {
+    Relay(Relay),
+    /// Someone else (microvm.nix's socat relay) already serves the Unix socket.
     Foreign(PathBuf),
 }
 
-impl Listener {
+/// A connection that reached the relay.
+pub enum Accepted {
+    Guest(Box<dyn AsyncRead + Unpin + Send>),
+    /// From another vsock CID: another VM on the host, or the host itself. Closed unread.
+    Stranger {
+        cid: u32,
+    },
+}
+
+impl Relay {
+    /// Binds the listener the plan names. Needs a tokio runtime.
+    pub fn bind(plan: &GuestNotifyPlan) -> Result<Bound, GuestNotifyError> {
+        match plan {
+            GuestNotifyPlan::Hybrid { listen_path, .. } => Self::bind_unix(listen_path),
+            GuestNotifyPlan::Vhost { cid, port } => {
+                // Without the device no guest can connect; say so rather than wait for nothing.
+                if !vsock::host_has_vhost() {
+                    return Err(VsockError::NoDevice.into());
+                }
+                Ok(Bound::Relay(Relay::Vsock(vsock::Listener::bind(
+                    *port, *cid,
+                )?)))
+            }
+        }
+    }
+
+    /// The vsock port when the kernel has just picked it.
+    pub fn port(&self) -> Option<u32> {
+        match self {
+            Relay::Unix { .. } => None,
+            Relay::Vsock(l) => Some(l.port()),
+        }
+    }
+
+    /// For the log: where the relay listens.
+    pub fn describe(&self) -> String {
+        match self {
+            Relay::Unix { path, .. } => path.display().to_string(),
+            Relay::Vsock(l) => format!(
+                "vsock port {}, from guest CID {} only",
+                l.port(),
+                l.guest_cid()
+            ),
+        }
+    }
+
+    pub async fn accept(&self) -> io::Result<Accepted> {
+        match self {
+            Relay::Unix { listener, .. } => {
+                let (stream, _) = listener.accept().await?;
+                Ok(Accepted::Guest(Box::new(stream)))
+            }
+            Relay::Vsock(l) => {
+                let (stream, cid) = l.accept().await?;
+                Ok(if l.is_guest(cid) {
+                    Accepted::Guest(Box::new(stream))
+                } else {
+                    Accepted::Stranger { cid }
+                })
+            }
+        }
+    }
+
     /// Binds `<vsock socket>_PORT`, replacing a stale socket but never a live one.
-    pub fn bind(path: &Path) -> Result<Listener, GuestNotifyError> {
+    fn bind_unix(path: &Path) -> Result<Bound, GuestNotifyError> {
         let bind_err = |source| GuestNotifyError::Bind {
             path: path.to_owned(),
             source,
@@ -106,7 +184,7 @@ impl Listener {
             }
             Ok(_) => {
                 if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                    return Ok(Listener::Foreign(path.to_owned()));
+                    return Ok(Bound::Foreign(path.to_owned()));
                 }
                 std::fs::remove_file(path).map_err(bind_err)?;
             }
@@ -117,12 +195,23 @@ impl Listener {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
         std_listener.set_nonblocking(true).map_err(bind_err)?;
         let listener = UnixListener::from_std(std_listener).map_err(bind_err)?;
-        Ok(Listener::Ours(listener, path.to_owned()))
+        Ok(Bound::Relay(Relay::Unix {
+            listener,
+            path: path.to_owned(),
+        }))
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Relay::Unix { path, .. } = self {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
 /// Reads one message and closes the connection (by dropping it) as soon as it is in.
-pub async fn read_one(mut stream: UnixStream) -> io::Result<Vec<u8>> {
+pub async fn read_one<S: AsyncRead + Unpin>(mut stream: S) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut len = match tokio::time::timeout(IDLE_LIMIT, stream.read(&mut buf)).await {
         Ok(r) => r?,
@@ -180,13 +269,20 @@ mod tests {
     async fn reads_one_message_and_closes_without_waiting_for_eof() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("notify.vsock_8888");
-        let Listener::Ours(l, _) = Listener::bind(&p).unwrap() else {
+        let plan = GuestNotifyPlan::Hybrid {
+            listen_path: p.clone(),
+            port: 8888,
+        };
+        let Bound::Relay(relay) = Relay::bind(&plan).unwrap() else {
             panic!("fresh path")
         };
+        assert_eq!(relay.port(), None);
         let mut guest = std::os::unix::net::UnixStream::connect(&p).unwrap();
         use std::io::{Read, Write};
         guest.write_all(b"READY=1").unwrap();
-        let (conn, _) = l.accept().await.unwrap();
+        let Accepted::Guest(conn) = relay.accept().await.unwrap() else {
+            panic!("a Unix connection is the guest's")
+        };
         let t = std::time::Instant::now();
         let msg = read_one(conn).await.unwrap();
         assert_eq!(msg, b"READY=1");
@@ -197,6 +293,8 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(1)))
             .unwrap();
         assert_eq!(guest.read_to_end(&mut rest).unwrap(), 0);
+        drop(relay);
+        assert!(!p.exists(), "the socket goes with the relay");
     }
 
     #[test]
@@ -209,14 +307,14 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            assert!(matches!(Listener::bind(&p), Ok(Listener::Foreign(_))));
+            assert!(matches!(Relay::bind_unix(&p), Ok(Bound::Foreign(_))));
             drop(live);
-            assert!(matches!(Listener::bind(&p), Ok(Listener::Ours(..))));
+            assert!(matches!(Relay::bind_unix(&p), Ok(Bound::Relay(..))));
         });
         let f = d.path().join("file");
         std::fs::write(&f, b"x").unwrap();
         assert!(matches!(
-            Listener::bind(&f),
+            Relay::bind_unix(&f),
             Err(GuestNotifyError::NotASocket { .. })
         ));
     }

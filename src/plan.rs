@@ -41,15 +41,21 @@ pub enum PlanError {
     )]
     NotForQemu { flag: &'static str },
     #[error(
-        "--ready guest with QEMU needs a vhost-vsock device{why}\nhint: use --ready booted, or cloud-hypervisor"
+        "--ready guest needs a vsock device for the guest's notifications, and the QEMU argv has no vhost-vsock device{user}\nhint: pass --vsock-cid CID (credbridge adds -device vhost-vsock-pci and reserves the CID), or add -device vhost-vsock-pci,guest-cid=CID to the argv",
+        user = if *.vhost_user { " (its vhost-user-vsock device is served by a user-space backend, whose Unix sockets credbridge cannot know)" } else { "" }
     )]
-    QemuGuestReady { why: &'static str },
+    QemuNoVsock { vhost_user: bool },
+    #[error(
+        "-device {driver}: {what}; QEMU needs a guest-cid of 3 to 4294967294, and credbridge needs it to tell the guest's connections from other VMs'\nhint: add guest-cid=CID, unique on this host (microvm.nix: microvm.vsock.cid)",
+        what = match .cid { None => "no numeric guest-cid".to_owned(), Some(c) => format!("guest-cid={c} is not a guest CID") }
+    )]
+    QemuVsockCid { driver: String, cid: Option<u64> },
     #[error(
         "--ready guest needs a vsock device for the guest's notifications, and the argv has no --vsock\nhint: pass --vsock-cid CID (credbridge adds the device), or add --vsock cid=CID,socket=PATH to the argv"
     )]
     NoVsock,
     #[error(
-        "{subject} says {value}; credbridge relays only vsock-stream:2:PORT, the form cloud-hypervisor's stream-only vsock carries\nhint: use io.systemd.credential:vmm.notify_socket=vsock-stream:2:PORT, or drop it and let credbridge add it (--notify-port)"
+        "{subject} says {value}; credbridge relays only vsock-stream:2:PORT, a stream connection to the host (cloud-hypervisor's vsock is stream only; credbridge's vhost-vsock listener is a stream socket)\nhint: use io.systemd.credential:vmm.notify_socket=vsock-stream:2:PORT, or drop it and let credbridge add it (--notify-port)"
     )]
     NotifySocketForm { subject: String, value: String },
     #[error(
@@ -126,8 +132,10 @@ pub struct Plan {
     pub ready: Ready,
     /// `--ready guest`: where the guest's notifications arrive.
     pub guest_notify: Option<GuestNotifyPlan>,
-    /// `--vsock-cid`: the vsock device credbridge adds (cid, socket path).
+    /// `--vsock-cid` with cloud-hypervisor: the vsock device credbridge adds (cid, socket path).
     pub add_vsock: Option<(u32, PathBuf)>,
+    /// `--vsock-cid` with QEMU: the guest CID of the vhost-vsock device credbridge adds.
+    pub add_vhost_vsock: Option<u32>,
     pub ready_timeout: Option<Duration>,
     pub stop_timeout: Duration,
     pub warnings: Vec<String>,
@@ -138,11 +146,31 @@ pub enum Target {
     Qemu(crate::qemu::QemuArgv),
 }
 
-pub struct GuestNotifyPlan {
-    /// `<vsock socket>_<port>`: cloud-hypervisor connects here for a guest connection to
-    /// host CID 2, port `port`.
-    pub listen_path: PathBuf,
-    pub port: u32,
+pub enum GuestNotifyPlan {
+    /// cloud-hypervisor's hybrid vsock: a guest connection to host CID 2, port `port`, arrives
+    /// on the Unix socket `listen_path`, `<vsock socket>_<port>`.
+    Hybrid { listen_path: PathBuf, port: u32 },
+    /// QEMU's kernel vhost-vsock: an AF_VSOCK listener on the host, read only for connections
+    /// from `cid`. `port: None`: the kernel picks a free one at start, and
+    /// [`Plan::set_notify_port`] writes it into credbridge's `vmm.notify_socket` string.
+    Vhost { cid: u32, port: Option<u32> },
+}
+
+/// cloud-hypervisor's notify port when neither the argv nor `--notify-port` names one, as in
+/// microvm.nix. Ports of its hybrid vsock are per VM, so every VM can use the same one.
+pub const DEFAULT_NOTIFY_PORT: u32 = 8888;
+
+/// The longest port, for sizing credbridge's `vmm.notify_socket` string before the kernel
+/// has picked the real one (VMADDR_PORT_ANY, u32::MAX, is never picked).
+const WIDEST_PORT: u32 = u32::MAX - 1;
+
+fn notify_socket_string(port: u32) -> String {
+    format!("io.systemd.credential:vmm.notify_socket=vsock-stream:2:{port}")
+}
+
+/// A guest CID QEMU and the kernel accept: 0, 1 and 2 are the hypervisor, local and host.
+fn is_guest_cid(cid: u64) -> bool {
+    (3..u64::from(u32::MAX)).contains(&cid)
 }
 
 /// `fd=` placeholders for `render`, real numbers for `run`.
@@ -371,6 +399,7 @@ impl Plan {
             ready: args.ready,
             guest_notify,
             add_vsock,
+            add_vhost_vsock: None,
             ready_timeout: args.ready_timeout,
             stop_timeout: args.stop_timeout,
             warnings,
@@ -426,20 +455,6 @@ impl Plan {
                 flag: "--delivery argv",
             });
         }
-        if args.vsock_cid.is_some() {
-            return Err(PlanError::NotForQemu {
-                flag: "--vsock-cid",
-            });
-        }
-        if args.ready == Ready::Guest {
-            return Err(PlanError::QemuGuestReady {
-                why: if Path::new("/dev/vhost-vsock").exists() {
-                    ", which this version of credbridge does not set up yet"
-                } else {
-                    ", and this host has no /dev/vhost-vsock (modprobe vhost_vsock)"
-                },
-            });
-        }
         let parsed = crate::qemu::parse_argv(user_args)?;
         for &fd in &parsed.inherited_fds {
             if !crate::sys::fd_is_open(fd) {
@@ -450,6 +465,40 @@ impl Plan {
         let mut strings = parsed.argv_oem_strings();
         // A memfd carries any byte but NUL, so UTF-8 values go in the shorter plain form.
         strings.extend(Self::flag_and_credential_strings(args, env, true)?);
+        let mut warnings = Vec::new();
+        let add_vhost_vsock = match (&parsed.vsock, args.vsock_cid) {
+            (Some(_), Some(_)) => {
+                warnings
+                    .push("--vsock-cid is ignored: the argv has its own vhost-vsock device".into());
+                None
+            }
+            (None, Some(cid)) if !is_guest_cid(cid.into()) => return Err(PlanError::BadCid(cid)),
+            (_, cid) => cid,
+        };
+        let guest_notify = if args.ready == Ready::Guest {
+            let cid = match (&parsed.vsock, add_vhost_vsock) {
+                (Some(v), _) => match v.guest_cid {
+                    Some(c) if is_guest_cid(c) => c as u32,
+                    cid => {
+                        return Err(PlanError::QemuVsockCid {
+                            driver: v.driver.clone(),
+                            cid,
+                        });
+                    }
+                },
+                (None, Some(cid)) => cid,
+                (None, None) => {
+                    return Err(PlanError::QemuNoVsock {
+                        vhost_user: parsed.vhost_user_vsock,
+                    });
+                }
+            };
+            // Host ports are one namespace for all VMs: by default the kernel picks a free one.
+            let port = Self::notify_port(args, &mut strings, None)?;
+            Some(GuestNotifyPlan::Vhost { cid, port })
+        } else {
+            None
+        };
         Self::check_limits(&strings, &crate::qemu::limits(args.smbios_budget))?;
         Ok(Plan {
             kind: HypervisorKind::Qemu,
@@ -465,11 +514,12 @@ impl Plan {
             own_event_monitor: false,
             create: None,
             ready: args.ready,
-            guest_notify: None,
+            guest_notify,
             add_vsock: None,
+            add_vhost_vsock,
             ready_timeout: args.ready_timeout,
             stop_timeout: args.stop_timeout,
-            warnings: Vec::new(),
+            warnings,
         })
     }
 
@@ -490,7 +540,7 @@ impl Plan {
             .map(PathBuf::from);
         let add_vsock = match (&argv_vsock, args.vsock_cid) {
             (None, Some(cid)) => {
-                if matches!(cid, 0..=2 | u32::MAX) {
+                if !is_guest_cid(cid.into()) {
                     return Err(PlanError::BadCid(cid));
                 }
                 // Like microvm.nix's `notify.vsock` in the VM's directory, but in the unit's
@@ -514,15 +564,37 @@ impl Plan {
         let vsock_socket = argv_vsock
             .or_else(|| add_vsock.as_ref().map(|(_, p)| p.clone()))
             .ok_or(PlanError::NoVsock)?;
+        let port = Self::notify_port(args, strings, Some(DEFAULT_NOTIFY_PORT))?
+            .unwrap_or(DEFAULT_NOTIFY_PORT);
+        let mut listen = vsock_socket.into_os_string();
+        listen.push(format!("_{port}"));
+        Ok((
+            Some(GuestNotifyPlan::Hybrid {
+                listen_path: PathBuf::from(listen),
+                port,
+            }),
+            add_vsock,
+        ))
+    }
+
+    /// The guest's notify port: from a `vmm.notify_socket` string the argv or the credentials
+    /// already have, else `--notify-port`, else `default`. When credbridge adds the string, it
+    /// goes before the credentials, so that it lands in the first 4 KiB old guests read; with
+    /// no port known yet (`None`, the kernel picks at start) it is sized for the widest port.
+    fn notify_port(
+        args: &RunArgs,
+        strings: &mut Vec<OemString>,
+        default: Option<u32>,
+    ) -> Result<Option<u32>, PlanError> {
         let existing = strings
             .iter()
             .find(|s| s.guest_name.as_deref() == Some("vmm.notify_socket"));
-        let port = match existing {
-            Some(s) => {
-                let text = String::from_utf8_lossy(s.expose()).into_owned();
-                let value = text.split_once('=').map(|(_, v)| v).unwrap_or("");
-                // A binary-form string would need decoding; the plain form is what
-                // microvm.nix and credbridge write.
+        if let Some(s) = existing {
+            let text = String::from_utf8_lossy(s.expose()).into_owned();
+            let value = text.split_once('=').map(|(_, v)| v).unwrap_or("");
+            // A binary-form string would need decoding; the plain form is what microvm.nix
+            // and credbridge write.
+            let port =
                 crate::guestnotify::port_of(value).ok_or_else(|| PlanError::NotifySocketForm {
                     subject: s.subject(),
                     // A vmm.notify_socket from the credentials directory is still a credential.
@@ -531,34 +603,36 @@ impl Plan {
                     } else {
                         format!("{value:?}")
                     },
-                })?
-            }
-            None => {
-                let port = args.notify_port;
-                // Before the credentials, so that it lands in the first 4 KiB old guests read.
-                let at = strings
-                    .iter()
-                    .position(|s| s.is_secret())
-                    .unwrap_or(strings.len());
-                strings.insert(
-                    at,
-                    OemString::public(
-                        &format!("io.systemd.credential:vmm.notify_socket=vsock-stream:2:{port}"),
-                        Origin::Credbridge,
-                    ),
-                );
-                port
-            }
+                })?;
+            return Ok(Some(port));
+        }
+        let port = args.notify_port.or(default);
+        let at = strings
+            .iter()
+            .position(|s| s.is_secret())
+            .unwrap_or(strings.len());
+        strings.insert(
+            at,
+            OemString::public(
+                &notify_socket_string(port.unwrap_or(WIDEST_PORT)),
+                Origin::Credbridge,
+            ),
+        );
+        Ok(port)
+    }
+
+    /// Writes the port the kernel picked into credbridge's `vmm.notify_socket` string (QEMU,
+    /// no port given). The string was sized for the widest port, so the checked limits hold.
+    pub fn set_notify_port(&mut self, port: u32) {
+        let Some(GuestNotifyPlan::Vhost { port: p @ None, .. }) = &mut self.guest_notify else {
+            return;
         };
-        let mut listen = vsock_socket.into_os_string();
-        listen.push(format!("_{port}"));
-        Ok((
-            Some(GuestNotifyPlan {
-                listen_path: PathBuf::from(listen),
-                port,
-            }),
-            add_vsock,
-        ))
+        *p = Some(port);
+        if let Some(s) = self.strings.iter_mut().find(|s| {
+            s.origin == Origin::Credbridge && s.guest_name.as_deref() == Some("vmm.notify_socket")
+        }) {
+            *s = OemString::public(&notify_socket_string(port), Origin::Credbridge);
+        }
     }
 
     /// The hypervisor as messages name it.
@@ -896,5 +970,186 @@ mod tests {
             ])
         );
         assert_eq!(v["platform"]["num_pci_segments"], 1);
+    }
+
+    /// `credbridge run FLAGS -- qemu-system-x86_64 ARGV` with credentials `creds` in a
+    /// temporary directory.
+    fn qemu_plan(
+        flags: &[&str],
+        argv: &[&str],
+        creds: &[(&str, &[u8])],
+    ) -> Result<Plan, PlanError> {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        for (name, value) in creds {
+            std::fs::write(dir.path().join(name), value).unwrap();
+        }
+        let mut line = vec!["credbridge", "run", "--credentials-dir"];
+        let d = dir.path().to_str().unwrap().to_owned();
+        line.push(&d);
+        line.extend(flags);
+        line.push("--");
+        line.push("qemu-system-x86_64");
+        line.extend(argv);
+        let cli = crate::cli::Cli::try_parse_from(line).unwrap();
+        let crate::cli::Command::Run(args) = cli.command else {
+            panic!("run")
+        };
+        Plan::build(&args, &HostEnv::default())
+    }
+
+    fn texts(plan: &Plan) -> Vec<String> {
+        plan.strings
+            .iter()
+            .map(|s| String::from_utf8_lossy(s.expose()).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn qemu_ready_guest_with_vsock_cid_lets_the_kernel_pick_the_port() {
+        let mut plan = qemu_plan(
+            &["--ready", "guest", "--vsock-cid", "7"],
+            &["-smbios", "type=11,value=io.systemd.credential:own=1"],
+            &[("k", b"secret")],
+        )
+        .unwrap();
+        assert_eq!(plan.add_vhost_vsock, Some(7));
+        assert!(matches!(
+            plan.guest_notify,
+            Some(GuestNotifyPlan::Vhost { cid: 7, port: None })
+        ));
+        // After the argv's own string, before the credentials, sized for the widest port.
+        let t = texts(&plan);
+        assert_eq!(t[0], "io.systemd.credential:own=1");
+        assert_eq!(
+            t[1],
+            "io.systemd.credential:vmm.notify_socket=vsock-stream:2:4294967294"
+        );
+        assert!(plan.strings[2].is_secret());
+        let before = plan.entry_size();
+        plan.set_notify_port(1234);
+        assert_eq!(
+            texts(&plan)[1],
+            "io.systemd.credential:vmm.notify_socket=vsock-stream:2:1234"
+        );
+        assert!(plan.entry_size() < before);
+        assert!(matches!(
+            plan.guest_notify,
+            Some(GuestNotifyPlan::Vhost {
+                cid: 7,
+                port: Some(1234)
+            })
+        ));
+        // Only once: a port already known is not replaced.
+        plan.set_notify_port(99);
+        assert!(texts(&plan)[1].ends_with(":1234"));
+    }
+
+    #[test]
+    fn qemu_ready_guest_takes_the_argv_device_and_a_given_port() {
+        let plan = qemu_plan(
+            &[
+                "--ready",
+                "guest",
+                "--vsock-cid",
+                "9",
+                "--notify-port",
+                "5000",
+            ],
+            &["-device", "vhost-vsock-pci,guest-cid=4"],
+            &[],
+        )
+        .unwrap();
+        // The argv's device wins; --vsock-cid is ignored with a warning.
+        assert_eq!(plan.add_vhost_vsock, None);
+        assert!(
+            plan.warnings
+                .iter()
+                .any(|w| w.contains("--vsock-cid is ignored"))
+        );
+        assert!(matches!(
+            plan.guest_notify,
+            Some(GuestNotifyPlan::Vhost {
+                cid: 4,
+                port: Some(5000)
+            })
+        ));
+        assert!(
+            texts(&plan).contains(
+                &"io.systemd.credential:vmm.notify_socket=vsock-stream:2:5000".to_owned()
+            )
+        );
+        // A vmm.notify_socket the credentials already carry names the port; none is added.
+        let plan = qemu_plan(
+            &["--ready", "guest"],
+            &["-device", "vhost-vsock-pci,guest-cid=4"],
+            &[("vmm.notify_socket", b"vsock-stream:2:6000")],
+        )
+        .unwrap();
+        assert!(matches!(
+            plan.guest_notify,
+            Some(GuestNotifyPlan::Vhost {
+                cid: 4,
+                port: Some(6000)
+            })
+        ));
+        assert_eq!(plan.strings.len(), 1);
+        let e = qemu_plan(
+            &["--ready", "guest"],
+            &["-device", "vhost-vsock-pci,guest-cid=4"],
+            &[("vmm.notify_socket", b"vsock:2:6000")],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("vsock-stream:2:PORT") && e.contains("<redacted>"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn qemu_vsock_mistakes_are_refused_with_the_fix() {
+        let err = |flags: &[&str], argv: &[&str]| {
+            qemu_plan(flags, argv, &[])
+                .err()
+                .expect("refused")
+                .to_string()
+        };
+        let e = err(&["--ready", "guest"], &[]);
+        assert!(
+            e.contains("no vhost-vsock device") && e.contains("--vsock-cid"),
+            "{e}"
+        );
+        let e = err(
+            &["--ready", "guest"],
+            &["-device", "vhost-user-vsock-pci,chardev=c"],
+        );
+        assert!(e.contains("vhost-user-vsock"), "{e}");
+        let e = err(&["--ready", "guest"], &["-device", "vhost-vsock-pci"]);
+        assert!(
+            e.contains("no numeric guest-cid") && e.contains("guest-cid=CID"),
+            "{e}"
+        );
+        let e = err(
+            &["--ready", "guest"],
+            &["-device", "vhost-vsock-pci,guest-cid=2"],
+        );
+        assert!(e.contains("guest-cid=2 is not a guest CID"), "{e}");
+        let e = err(
+            &["--ready", "guest"],
+            &["-device", "vhost-vsock-pci,guest-cid=4294967295"],
+        );
+        assert!(e.contains("is not a guest CID"), "{e}");
+        for cid in ["0", "1", "2", "4294967295"] {
+            let e = err(&["--vsock-cid", cid], &[]);
+            assert!(e.contains("reserved"), "{cid}: {e}");
+        }
+        // Without --ready guest the argv's device is QEMU's business, even without a CID.
+        assert!(qemu_plan(&[], &["-device", "vhost-vsock-pci"], &[]).is_ok());
+        // --vsock-cid alone adds the device, with no notify string.
+        let p = qemu_plan(&["--vsock-cid", "3"], &[], &[]).unwrap();
+        assert_eq!(p.add_vhost_vsock, Some(3));
+        assert!(p.guest_notify.is_none() && p.strings.is_empty());
     }
 }

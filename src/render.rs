@@ -3,8 +3,27 @@
 use std::io::{self, Write};
 
 use crate::cli::Delivery;
+use crate::oem::OemString;
 use crate::oem::{Form, Origin};
-use crate::plan::{FdNames, Plan, Target};
+use crate::plan::{FdNames, GuestNotifyPlan, Plan, Target};
+
+/// A string as `render` shows it: redacted, and with the notify port the kernel picks at
+/// start said in words rather than the widest port it is sized for.
+fn shown(plan: &Plan, s: &OemString) -> String {
+    let pending = matches!(
+        plan.guest_notify,
+        Some(GuestNotifyPlan::Vhost { port: None, .. })
+    );
+    if pending
+        && s.origin == Origin::Credbridge
+        && s.guest_name.as_deref() == Some("vmm.notify_socket")
+    {
+        "io.systemd.credential:vmm.notify_socket=vsock-stream:2:<port the kernel picks at start>"
+            .to_owned()
+    } else {
+        s.redacted()
+    }
+}
 
 pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     let fds = FdNames {
@@ -63,7 +82,7 @@ pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
             s.guest_name.as_deref().unwrap_or("-"),
             form,
             s.len(),
-            s.redacted()
+            shown(plan, s)
         )?;
     }
     let args = match &plan.target {
@@ -74,7 +93,10 @@ pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
             // Placeholders: the memfds and the QMP socket exist only in `run`.
             let added = plan.strings.iter().filter(|s| !s.is_from_argv()).count();
             let memfds: Vec<String> = (1..=added).map(|i| format!("<oem-{i}>")).collect();
-            let args = crate::qemu::child_args(&plan.user_args, &memfds, "<qmp>".to_owned());
+            let vsock = plan
+                .add_vhost_vsock
+                .map(|cid| (cid, "<vhost-vsock>".to_owned()));
+            let args = crate::qemu::child_args(&plan.user_args, vsock, &memfds, "<qmp>".to_owned());
             plan.redact_args(&args)
         }
     };

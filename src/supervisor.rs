@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::apisocket::ApiSocketError;
 use crate::backend::{Backend, BackendEvent, Boxed, maybe, sleep_until};
 use crate::cli::{Delivery, Ready};
-use crate::guestnotify::{self, GuestMessage, Listener};
+use crate::guestnotify::{self, Accepted, Bound, GuestMessage, Relay};
 use crate::hostenv::HostEnv;
 use crate::notify::Notifier;
 use crate::plan::{Plan, PlanError, Target};
@@ -50,6 +50,8 @@ pub enum SuperviseError {
     Wait(std::io::Error),
     #[error(transparent)]
     GuestNotify(#[from] guestnotify::GuestNotifyError),
+    #[error(transparent)]
+    Vsock(#[from] crate::vsock::VsockError),
 }
 
 /// How the hypervisor ended.
@@ -97,13 +99,48 @@ impl Signals {
     }
 }
 
-pub async fn run(plan: Plan, env: &HostEnv, notify: &Notifier) -> Result<Outcome, SuperviseError> {
+pub async fn run(
+    mut plan: Plan,
+    env: &HostEnv,
+    notify: &Notifier,
+) -> Result<Outcome, SuperviseError> {
     // Handlers first: from here on SIGTERM means "stop the VM", never "die and orphan it".
     let signals = Signals::new().map_err(SuperviseError::Signals)?;
+    // Before the backend: with QEMU the port the kernel picks goes into an OEM string.
+    let guest = bind_guest_relay(&mut plan, notify)?;
     let (mut backend, spawn) = Backend::prepare(&plan, env)?;
-    let result = Supervisor::start(plan, env, notify, &mut backend, spawn, signals).await;
+    let result = Supervisor::start(plan, env, notify, &mut backend, spawn, signals, guest).await;
     backend.cleanup();
     result
+}
+
+/// `--ready guest`: the listener for the guest's notifications. `None` also when another
+/// process already relays them (microvm.nix's socat), which is said in the status.
+fn bind_guest_relay(plan: &mut Plan, notify: &Notifier) -> Result<Option<Relay>, SuperviseError> {
+    let Some(g) = &plan.guest_notify else {
+        return Ok(None);
+    };
+    match Relay::bind(g)? {
+        Bound::Relay(relay) => {
+            tracing::info!(
+                "listening for the guest's notifications on {}",
+                relay.describe()
+            );
+            if let Some(port) = relay.port() {
+                plan.set_notify_port(port);
+            }
+            Ok(Some(relay))
+        }
+        Bound::Foreign(p) => {
+            let msg = format!(
+                "{} is served by another process (microvm.nix's notify relay?); leaving guest readiness to it, which needs NotifyAccess=all",
+                p.display()
+            );
+            tracing::warn!("{msg}");
+            notify.status(&msg);
+            Ok(None)
+        }
+    }
 }
 
 struct Supervisor<'a> {
@@ -119,11 +156,6 @@ struct Supervisor<'a> {
     power_fut: Option<Boxed<Result<(), String>>>,
 }
 
-struct GuestRelay {
-    listener: tokio::net::UnixListener,
-    path: std::path::PathBuf,
-}
-
 impl<'a> Supervisor<'a> {
     async fn start(
         plan: Plan,
@@ -132,28 +164,8 @@ impl<'a> Supervisor<'a> {
         backend: &'a mut Backend,
         spawn: crate::backend::Spawn,
         mut signals: Signals,
+        guest: Option<Relay>,
     ) -> Result<Outcome, SuperviseError> {
-        let guest = match &plan.guest_notify {
-            Some(g) => match Listener::bind(&g.listen_path)? {
-                Listener::Ours(listener, path) => {
-                    tracing::info!(
-                        "listening for the guest's notifications on {}",
-                        path.display()
-                    );
-                    Some(GuestRelay { listener, path })
-                }
-                Listener::Foreign(p) => {
-                    let msg = format!(
-                        "{} is served by another process (microvm.nix's notify relay?); leaving guest readiness to it, which needs NotifyAccess=all",
-                        p.display()
-                    );
-                    tracing::warn!("{msg}");
-                    notify.status(&msg);
-                    None
-                }
-            },
-            None => None,
-        };
         let foreign_relay = plan.guest_notify.is_some() && guest.is_none();
 
         let n = plan.credential_count;
@@ -225,6 +237,7 @@ impl<'a> Supervisor<'a> {
         let mut ping_failing = false;
         let mut boot_error: Option<(String, Instant)> = None;
         let (guest_tx, mut guest_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut strangers = std::collections::HashSet::new();
 
         let status = loop {
             tokio::select! {
@@ -313,9 +326,17 @@ impl<'a> Supervisor<'a> {
                         }
                     }
                 },
-                conn = async { match guest.as_ref() { Some(g) => g.listener.accept().await, None => pending().await } } => {
+                conn = async { match guest.as_ref() { Some(g) => g.accept().await, None => pending().await } } => {
                     match conn {
-                        Ok((stream, _)) => {
+                        Ok(Accepted::Stranger { cid }) => {
+                            // A guest can connect as often as it likes: one warning per CID.
+                            if strangers.insert(cid) {
+                                tracing::warn!("ignored a notification connection from vsock CID {cid}; only the guest's CID may send (further ones from CID {cid} are logged at debug level)");
+                            } else {
+                                tracing::debug!("ignored a notification connection from vsock CID {cid}");
+                            }
+                        }
+                        Ok(Accepted::Guest(stream)) => {
                             let tx = guest_tx.clone();
                             // Each connection is read and closed on its own, so a slow or silent
                             // guest connection never holds up the others or the supervisor.
@@ -342,9 +363,8 @@ impl<'a> Supervisor<'a> {
                 },
             }
         };
-        if let Some(g) = guest {
-            let _ = std::fs::remove_file(&g.path);
-        }
+        // Dropping the relay removes its socket from disk.
+        drop(guest);
         Ok(sup.finish(status))
     }
 

@@ -32,15 +32,20 @@ fn qemu_pid(credbridge: u32) -> Option<i32> {
     children.split_whitespace().next()?.parse().ok()
 }
 
-/// `credbridge run <flags> -- qemu-system-x86_64 <qemu_args> <extra>` with the rig's environment.
-fn spawn_qemu(rig: &Rig, flags: &[&str], extra: &[&str]) -> std::process::Child {
+/// `credbridge run <flags> -- <qemu> <qemu_args> <extra>` with the rig's environment.
+fn qemu_command(
+    rig: &Rig,
+    flags: &[&str],
+    qemu: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Command {
     let cmd = rig.command("run", flags, &[]);
     // The rig points at the fake cloud-hypervisor; these tests want the real QEMU.
     let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
     let dash = args.iter().position(|a| a == "--").unwrap();
     let mut c = std::process::Command::new(cmd.get_program());
     c.args(&args[..=dash])
-        .arg("qemu-system-x86_64")
+        .arg(qemu)
         .args(qemu_args())
         .args(extra);
     for (k, v) in cmd.get_envs() {
@@ -52,7 +57,13 @@ fn spawn_qemu(rig: &Rig, flags: &[&str], extra: &[&str]) -> std::process::Child 
     c.current_dir(rig.dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    c.spawn().unwrap()
+    c
+}
+
+fn spawn_qemu(rig: &Rig, flags: &[&str], extra: &[&str]) -> std::process::Child {
+    qemu_command(rig, flags, "qemu-system-x86_64".as_ref(), extra)
+        .spawn()
+        .unwrap()
 }
 
 #[test]
@@ -170,14 +181,27 @@ fn qemu_render_shows_memfds_and_refuses_cloud_hypervisor_only_flags() {
     assert!(stdout.contains("io.systemd.credential:k=<redacted 18 bytes>"));
     for flag in [
         &["--delivery", "argv"][..],
-        &["--vsock-cid", "5"][..],
         &["--ready", "guest"][..],
+        &["--ready", "guest", "--vsock-cid", "2"][..],
     ] {
         let out = run(flag);
         assert_eq!(out.status.code(), Some(125), "{flag:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(flag[0]), "{flag:?}: {stderr}");
+        assert!(stderr.contains(flag[flag.len() - 2]), "{flag:?}: {stderr}");
     }
+    // --vsock-cid: credbridge's vhost-vsock device, holding the CID through an fd of its own;
+    // with --ready guest also the notify string, whose port the kernel picks at start.
+    let out = run(&["--ready", "guest", "--vsock-cid", "5"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("-device vhost-vsock-pci,guest-cid=5,vhostfd=<vhost-vsock>"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("vmm.notify_socket=vsock-stream:2:<port the kernel picks at start>"),
+        "{stdout}"
+    );
     // The same budget rule: one type 11 entry, 4096 bytes for old guests.
     std::fs::write(creds.join("big"), vec![b'x'; 4100]).unwrap();
     let out = run(&[]);
@@ -187,4 +211,47 @@ fn qemu_render_shows_memfds_and_refuses_cloud_hypervisor_only_flags() {
         stderr.contains("--smbios-budget") && stderr.contains("QEMU"),
         "{stderr}"
     );
+}
+
+/// On a host without /dev/vhost-vsock (this one: no vhost_vsock module), `--ready guest` and
+/// `--vsock-cid` are refused with the fix, before QEMU starts. The path with the device is
+/// tests/e2e/vhost-vsock-e2e.sh, in a nested VM that has it.
+#[test]
+fn vhost_vsock_without_the_device_is_refused_before_qemu_starts() {
+    assert!(
+        !std::path::Path::new("/dev/vhost-vsock").exists(),
+        "this test expects a host without vhost-vsock"
+    );
+    let rig = Rig::new();
+    // A QEMU that leaves a mark if it is ever started.
+    let marker = rig.path("qemu-started");
+    let wrapper = rig.path("qemu-system-x86_64");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ntouch '{}'\nexec qemu-system-x86_64 \"$@\"\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let own_device = ["-device", "vhost-vsock-pci,guest-cid=6"];
+    for (flags, extra) in [
+        (&["--ready", "guest", "--vsock-cid", "5"][..], &[][..]),
+        (&["--vsock-cid", "5"][..], &[][..]),
+        (&["--ready", "guest"][..], &own_device[..]),
+    ] {
+        let out = qemu_command(&rig, flags, &wrapper, extra).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{flags:?}: {stderr}");
+        assert!(
+            stderr.contains("no /dev/vhost-vsock") && stderr.contains("modprobe vhost_vsock"),
+            "{flags:?}: {stderr}"
+        );
+        assert!(!marker.exists(), "{flags:?}: QEMU was started");
+    }
 }

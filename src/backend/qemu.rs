@@ -22,6 +22,8 @@ const STATUS_POLL: Duration = Duration::from_millis(100);
 pub struct QemuBackend {
     /// The child's copies of these are what QEMU reads; ours close right after spawn.
     memfds: Vec<OwnedFd>,
+    /// `/dev/vhost-vsock` holding the guest's CID; QEMU's copy keeps it held.
+    vhost: Option<OwnedFd>,
     qmp_child: Option<OwnedFd>,
     qmp_stream: Option<tokio::net::UnixStream>,
     connect_fut: Option<Boxed<Result<(Qmp, QmpEvents), QmpError>>>,
@@ -41,7 +43,12 @@ pub struct QemuBackend {
 
 impl QemuBackend {
     pub fn prepare(plan: &Plan, argv: &QemuArgv) -> Result<(QemuBackend, Spawn), SuperviseError> {
-        let launch = crate::qemu::launch(&plan.user_args, argv, &plan.strings)
+        // The CID first: one another VM holds is refused before anything else exists.
+        let vhost = match plan.add_vhost_vsock {
+            Some(cid) => Some((cid, crate::vsock::reserve_cid(cid)?)),
+            None => None,
+        };
+        let launch = crate::qemu::launch(&plan.user_args, argv, &plan.strings, vhost)
             .map_err(SuperviseError::Pipe)?;
         tracing::debug!(
             "hypervisor argv: {}",
@@ -56,6 +63,7 @@ impl QemuBackend {
         Ok((
             QemuBackend {
                 memfds: launch.memfds,
+                vhost: launch.vhost,
                 qmp_child: Some(launch.qmp_child),
                 qmp_stream: Some(qmp_stream),
                 connect_fut: None,
@@ -81,6 +89,7 @@ impl QemuBackend {
         // The child holds its own copies; the memfds are sealed, so nothing can change what it
         // reads, and our copies of the secrets can go.
         self.memfds.clear();
+        self.vhost = None;
         self.qmp_child = None;
         self.pending.push_back(BackendEvent::Handed);
         if let Some(stream) = self.qmp_stream.take() {

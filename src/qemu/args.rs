@@ -124,7 +124,29 @@ pub struct QemuArgv {
     /// reaches no guest, so a graceful stop can only wait for the stop timeout. microvm.nix's
     /// QEMU runner passes `-no-acpi` and stops guests with Ctrl-Alt-Del on an i8042 instead.
     pub acpi_off: bool,
+    /// The argv's first kernel vhost-vsock device (`-device vhost-vsock-pci,guest-cid=N`, as
+    /// microvm.nix's runner writes it for `microvm.vsock.cid`).
+    pub vsock: Option<ArgvVsock>,
+    /// The argv has a `vhost-user-vsock-*` device: a user-space backend owns the host side.
+    pub vhost_user_vsock: bool,
 }
+
+/// A `vhost-vsock-*` device of the argv.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgvVsock {
+    pub driver: String,
+    /// `guest-cid=` as written (QEMU requires it: 3 or more, at most 32 bits); `None` if absent
+    /// or not a number.
+    pub guest_cid: Option<u64>,
+}
+
+/// QEMU's kernel vhost-vsock drivers (`-device help`, QEMU 7.2).
+const VHOST_VSOCK_DRIVERS: &[&str] = &[
+    "vhost-vsock-pci",
+    "vhost-vsock-pci-non-transitional",
+    "vhost-vsock-device",
+    "vhost-vsock-ccw",
+];
 
 impl QemuArgv {
     /// The argv's own strings as [`OemString`]s with [`Origin::Argv`], to put first in the
@@ -364,6 +386,50 @@ fn collect_fds(option: &str, arg: &[u8], out: &mut QemuArgv) {
     }
 }
 
+/// `-device` in either syntax: `DRIVER,key=value,...` (or `driver=DRIVER,...`) or, since QEMU
+/// 6.2, a JSON object.
+fn device(arg: &[u8], out: &mut QemuArgv) {
+    let (driver, guest_cid) = if arg.first() == Some(&b'{') {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(arg) else {
+            return;
+        };
+        (
+            v.get("driver")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned),
+            v.get("guest-cid").and_then(serde_json::Value::as_u64),
+        )
+    } else {
+        let items = split_items(arg);
+        let driver = items
+            .iter()
+            .find(|i| i.key == "driver")
+            .and_then(|i| i.value.clone())
+            .or_else(|| {
+                items
+                    .first()
+                    .filter(|i| i.value.is_none())
+                    .map(|i| i.key.clone().into_bytes())
+            })
+            .map(|d| String::from_utf8_lossy(&d).into_owned());
+        let cid = items
+            .iter()
+            .rev()
+            .find(|i| i.key == "guest-cid")
+            .and_then(|i| i.value.as_deref())
+            .and_then(parse_number);
+        (driver, cid)
+    };
+    let Some(driver) = driver else { return };
+    if VHOST_VSOCK_DRIVERS.contains(&driver.as_str()) {
+        if out.vsock.is_none() {
+            out.vsock = Some(ArgvVsock { driver, guest_cid });
+        }
+    } else if driver.starts_with("vhost-user-vsock") {
+        out.vhost_user_vsock = true;
+    }
+}
+
 /// Reads the argv given after the program. Reads `-smbios type=11,path=` files (to learn
 /// their strings); starts and creates nothing.
 pub fn parse_argv(args: &[OsString]) -> Result<QemuArgv, ArgvError> {
@@ -409,6 +475,7 @@ pub fn parse_argv(args: &[OsString]) -> Result<QemuArgv, ArgvError> {
                     return Err(ArgvError::ChardevIdTaken);
                 }
             }
+            "device" => device(arg, &mut out),
             "machine" | "M" => {
                 let items = split_items(arg);
                 // The machine type is `type=` or the leading bare item.
@@ -446,16 +513,23 @@ pub fn parse_argv(args: &[OsString]) -> Result<QemuArgv, ArgvError> {
     Ok(out)
 }
 
-/// The child's arguments after argv[0]: the user's argv unchanged, then one
+/// The child's arguments after argv[0]: the user's argv unchanged, then the vhost-vsock device
+/// credbridge adds (`vsock`: guest CID and the `/dev/vhost-vsock` fd that holds it), then one
 /// `-smbios type=11,path=/dev/fd/N` per string credbridge adds (`smbios_fds`, in order), then
 /// credbridge's QMP monitor on `qmp_fd`. Pure, so `render` can call it with placeholder fd
 /// numbers; nothing secret is in it.
 pub fn child_args<F: std::fmt::Display>(
     user_args: &[OsString],
+    vsock: Option<(u32, F)>,
     smbios_fds: &[F],
     qmp_fd: F,
 ) -> Vec<OsString> {
     let mut args = user_args.to_vec();
+    if let Some((cid, fd)) = vsock {
+        // PCI: parse_argv refuses the microvm machine (no SMBIOS), and pc and q35 have PCI.
+        args.push("-device".into());
+        args.push(format!("vhost-vsock-pci,guest-cid={cid},vhostfd={fd}").into());
+    }
     for fd in smbios_fds {
         args.push("-smbios".into());
         args.push(format!("type=11,path=/dev/fd/{fd}").into());
@@ -482,8 +556,11 @@ pub struct Launch {
     pub qmp: UnixStream,
     /// The child's end of the QMP socketpair (`-chardev socket,fd=N`).
     pub qmp_child: OwnedFd,
+    /// The `/dev/vhost-vsock` fd holding the guest's CID (`--vsock-cid`), for QEMU's
+    /// `vhostfd=`. Dropped with the memfds.
+    pub vhost: Option<OwnedFd>,
     /// The fds whose close-on-exec flag the child must clear (`sys::prepare_child`'s `keep`):
-    /// the memfds, the child's QMP end and the argv's own inherited fds.
+    /// the memfds, the vhost fd, the child's QMP end and the argv's own inherited fds.
     pub keep: Vec<RawFd>,
 }
 
@@ -497,6 +574,7 @@ pub fn launch(
     user_args: &[OsString],
     parsed: &QemuArgv,
     strings: &[OemString],
+    vhost: Option<(u32, OwnedFd)>,
 ) -> io::Result<Launch> {
     let mut memfds = Vec::new();
     for (i, s) in strings.iter().filter(|s| !s.is_from_argv()).enumerate() {
@@ -508,15 +586,18 @@ pub fn launch(
     let (ours, theirs) = UnixStream::pair()?;
     let qmp_child = OwnedFd::from(theirs);
     let smbios_fds: Vec<RawFd> = memfds.iter().map(AsRawFd::as_raw_fd).collect();
-    let args = child_args(user_args, &smbios_fds, qmp_child.as_raw_fd());
+    let vsock = vhost.as_ref().map(|(cid, fd)| (*cid, fd.as_raw_fd()));
+    let args = child_args(user_args, vsock, &smbios_fds, qmp_child.as_raw_fd());
     let mut keep = smbios_fds;
     keep.push(qmp_child.as_raw_fd());
+    keep.extend(vsock.map(|(_, fd)| fd));
     keep.extend(&parsed.inherited_fds);
     Ok(Launch {
         args,
         memfds,
         qmp: ours,
         qmp_child,
+        vhost: vhost.map(|(_, fd)| fd),
         keep,
     })
 }
@@ -725,12 +806,30 @@ mod tests {
 
     #[test]
     fn child_args_append_strings_then_the_monitor() {
-        let a = child_args(&os(&["-m", "1G"]), &[5, 6], 7);
+        let a = child_args(&os(&["-m", "1G"]), None, &[5, 6], 7);
         assert_eq!(
             a,
             os(&[
                 "-m",
                 "1G",
+                "-smbios",
+                "type=11,path=/dev/fd/5",
+                "-smbios",
+                "type=11,path=/dev/fd/6",
+                "-chardev",
+                "socket,id=credbridge-qmp,fd=7",
+                "-mon",
+                "chardev=credbridge-qmp,mode=control",
+            ])
+        );
+        let a = child_args(&os(&["-m", "1G"]), Some((42, 4)), &[5, 6], 7);
+        assert_eq!(
+            a,
+            os(&[
+                "-m",
+                "1G",
+                "-device",
+                "vhost-vsock-pci,guest-cid=42,vhostfd=4",
                 "-smbios",
                 "type=11,path=/dev/fd/5",
                 "-smbios",
@@ -759,8 +858,10 @@ mod tests {
             &os(&["-smbios", "type=11,value=io.systemd.credential:argv=1"]),
             &parsed,
             &strings,
+            None,
         )
         .unwrap();
+        assert!(l.vhost.is_none());
         assert_eq!(l.memfds.len(), 2);
         for (fd, s) in l.memfds.iter().zip(&strings[1..]) {
             let back = std::fs::read(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
@@ -783,5 +884,71 @@ mod tests {
             !text.iter().any(|a| a.contains("flag=2")),
             "no value in argv"
         );
+    }
+
+    #[test]
+    fn vsock_devices_in_both_syntaxes() {
+        let v = |a: &[&str]| parse_argv(&os(a)).unwrap();
+        // microvm.nix's runner, PCI and non-PCI.
+        let p = v(&["-device", "vhost-vsock-pci,guest-cid=5"]);
+        assert_eq!(
+            p.vsock,
+            Some(ArgvVsock {
+                driver: "vhost-vsock-pci".into(),
+                guest_cid: Some(5)
+            })
+        );
+        assert_eq!(
+            v(&["-device", "vhost-vsock-device,guest-cid=0x10"])
+                .vsock
+                .unwrap()
+                .guest_cid,
+            Some(16)
+        );
+        assert_eq!(
+            v(&[
+                "-device",
+                "driver=vhost-vsock-pci,id=v0,guest-cid=7,vhostfd=3"
+            ])
+            .vsock
+            .unwrap()
+            .guest_cid,
+            Some(7)
+        );
+        let j = v(&["-device", r#"{"driver":"vhost-vsock-pci","guest-cid":9}"#]);
+        assert_eq!(j.vsock.unwrap().guest_cid, Some(9));
+        // Missing or garbled guest-cid is kept as None for the plan to explain.
+        assert_eq!(
+            v(&["-device", "vhost-vsock-pci"]).vsock.unwrap().guest_cid,
+            None
+        );
+        assert_eq!(
+            v(&["-device", "vhost-vsock-pci,guest-cid=x"])
+                .vsock
+                .unwrap()
+                .guest_cid,
+            None
+        );
+        // The first device counts.
+        let two = v(&[
+            "-device",
+            "vhost-vsock-pci,guest-cid=3",
+            "-device",
+            "vhost-vsock-pci,guest-cid=4",
+        ]);
+        assert_eq!(two.vsock.unwrap().guest_cid, Some(3));
+        // Not kernel vhost-vsock.
+        let u = v(&["-device", "vhost-user-vsock-pci,chardev=c0"]);
+        assert!(u.vsock.is_none() && u.vhost_user_vsock);
+        let n = v(&[
+            "-device",
+            "virtio-net-pci,netdev=n0",
+            "-netdev",
+            "user,id=n0",
+        ]);
+        assert!(n.vsock.is_none() && !n.vhost_user_vsock);
+        // vhostfd= of the argv's own device is an inherited fd like any other.
+        let f = v(&["-device", "vhost-vsock-pci,guest-cid=3,vhostfd=3"]);
+        assert_eq!(f.inherited_fds, vec![3]);
     }
 }
