@@ -456,6 +456,14 @@ impl Plan {
             });
         }
         let parsed = crate::qemu::parse_argv(user_args)?;
+        if parsed.machine.is_none() {
+            if let Some(m) = crate::qemu::args::default_machine(program) {
+                return Err(crate::qemu::ArgvError::NoSmbios {
+                    machine: format!("{m} (the default of {})", Path::new(program).display()),
+                }
+                .into());
+            }
+        }
         for &fd in &parsed.inherited_fds {
             if !crate::sys::fd_is_open(fd) {
                 return Err(PlanError::FdNotOpen { fd, option: "fd=" });
@@ -979,6 +987,15 @@ mod tests {
         argv: &[&str],
         creds: &[(&str, &[u8])],
     ) -> Result<Plan, PlanError> {
+        qemu_plan_of("qemu-system-x86_64", flags, argv, creds)
+    }
+
+    fn qemu_plan_of(
+        program: &str,
+        flags: &[&str],
+        argv: &[&str],
+        creds: &[(&str, &[u8])],
+    ) -> Result<Plan, PlanError> {
         use clap::Parser;
         let dir = tempfile::tempdir().unwrap();
         for (name, value) in creds {
@@ -989,7 +1006,7 @@ mod tests {
         line.push(&d);
         line.extend(flags);
         line.push("--");
-        line.push("qemu-system-x86_64");
+        line.push(program);
         line.extend(argv);
         let cli = crate::cli::Cli::try_parse_from(line).unwrap();
         let crate::cli::Command::Run(args) = cli.command else {
@@ -1151,5 +1168,21 @@ mod tests {
         let p = qemu_plan(&["--vsock-cid", "3"], &[], &[]).unwrap();
         assert_eq!(p.add_vhost_vsock, Some(3));
         assert!(p.guest_notify.is_none() && p.strings.is_empty());
+    }
+
+    #[test]
+    fn the_microvm_build_of_qemu_needs_an_smbios_machine() {
+        let micro = "/usr/bin/qemu-system-x86_64-microvm";
+        let e = qemu_plan_of(micro, &[], &[], &[])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("microvm (the default of /usr/bin/qemu-system-x86_64-microvm)")
+                && e.contains("no SMBIOS")
+                && e.contains("-machine q35"),
+            "{e}"
+        );
+        assert!(qemu_plan_of(micro, &[], &["-machine", "q35"], &[]).is_ok());
     }
 }

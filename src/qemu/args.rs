@@ -174,6 +174,13 @@ pub fn is_qemu(program: &OsStr) -> bool {
     name.starts_with(b"qemu-system-") || name == b"qemu-kvm"
 }
 
+/// The machine a QEMU binary picks without `-machine`, where that matters: Debian's
+/// `qemu-system-x86_64-microvm` defaults to `microvm`, which has no SMBIOS.
+pub fn default_machine(program: &OsStr) -> Option<&'static str> {
+    let name = Path::new(program).file_name()?.as_bytes();
+    name.ends_with(b"-microvm").then_some("microvm")
+}
+
 /// One `key=value` item of a QEMU option argument; `value` is `None` for a bare flag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
@@ -950,5 +957,15 @@ mod tests {
         // vhostfd= of the argv's own device is an inherited fd like any other.
         let f = v(&["-device", "vhost-vsock-pci,guest-cid=3,vhostfd=3"]);
         assert_eq!(f.inherited_fds, vec![3]);
+    }
+
+    #[test]
+    fn the_microvm_build_defaults_to_the_machine_without_smbios() {
+        assert_eq!(
+            default_machine(OsStr::new("/usr/bin/qemu-system-x86_64-microvm")),
+            Some("microvm")
+        );
+        assert_eq!(default_machine(OsStr::new("qemu-system-x86_64")), None);
+        assert_eq!(default_machine(OsStr::new("qemu-kvm")), None);
     }
 }
