@@ -150,10 +150,11 @@ impl Listener {
             let mut guard = self.fd.readable().await?;
             match guard.try_io(|fd| crate::sys::accept_nonblocking(fd.get_ref().as_fd())) {
                 Ok(Ok(conn)) => {
-                    let peer = getpeername::<VsockAddr>(conn.as_raw_fd())
-                        .map_err(io::Error::from)?
-                        .cid();
-                    return Ok((Stream::new(conn)?, peer));
+                    // A peer that is gone already has nothing to say; not worth an error.
+                    let Ok(peer) = getpeername::<VsockAddr>(conn.as_raw_fd()) else {
+                        continue;
+                    };
+                    return Ok((Stream::new(conn)?, peer.cid()));
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
