@@ -32,8 +32,8 @@
 # cpio with apt-get if missing; the kernel comes from build-guest.sh's bookworm
 # cache (run if missing).  The assembled initramfs parts are cached in
 # .cache/vhost-vsock/ (key: this script + kernel + host package versions);
-# credbridge is added fresh on every run.  One L1 boot: 2.5 to 3.5 minutes
-# under TCG, most of it L2's kernel booting under nested TCG (75-130 s).
+# credbridge is added fresh on every run.  One L1 boot: 1.5 to 3.5 minutes
+# under TCG, most of it L2's kernel booting under nested TCG (55-130 s).
 # Prints PASS/FAIL lines, then "N passed, N failed" and the wall time; exits 1
 # on any failure.
 set -uo pipefail
@@ -549,7 +549,7 @@ if [ "$ACCEL" = kvm ]; then L1_ARGS+=(-cpu host); fi
 # kept both host cores busy.
 L1_ARGS+=(-m 1024M -smp 1 -nodefaults -display none -no-reboot -serial "file:$W/l1.serial"
           -kernel "$KERNEL" -initrd "$W/l1.initrd" -append "$E2E_APPEND_DEFAULT")
-note "booting L1 ($ACCEL, runner $RUNNER, timeout ${TIMEOUT}s); L2's kernel alone takes 75-130 s under nested TCG"
+note "booting L1 ($ACCEL, runner $RUNNER, timeout ${TIMEOUT}s); L2's kernel alone takes 55-130 s under nested TCG"
 T_BOOT=$(date +%s.%N)
 # In the background with its pid known, so that an interrupted run stops it
 # (timeout runs in its own process group, out of reach of the terminal's ^C).
