@@ -109,6 +109,13 @@ pub async fn run(
     // Before the backend: with QEMU the port the kernel picks goes into an OEM string.
     let guest = bind_guest_relay(&mut plan, notify)?;
     let (mut backend, spawn) = Backend::prepare(&plan, env)?;
+    // Said only now: a start refused in prepare (a vsock CID in use) never listened for real.
+    if let Some(relay) = &guest {
+        tracing::info!(
+            "listening for the guest's notifications on {}",
+            relay.describe()
+        );
+    }
     let result = Supervisor::start(plan, env, notify, &mut backend, spawn, signals, guest).await;
     backend.cleanup();
     result
@@ -122,10 +129,6 @@ fn bind_guest_relay(plan: &mut Plan, notify: &Notifier) -> Result<Option<Relay>,
     };
     match Relay::bind(g)? {
         Bound::Relay(relay) => {
-            tracing::info!(
-                "listening for the guest's notifications on {}",
-                relay.describe()
-            );
             if let Some(port) = relay.port() {
                 plan.set_notify_port(port);
             }
