@@ -23,6 +23,10 @@
 #      use") and starts no QEMU
 #   4  L2 read the vsock port credbridge logged
 #   5  after SIGTERM credbridge exits (its code is shown) and no QEMU is left
+#   6  with the argv's own -device vhost-vsock-pci,guest-cid=3 (microvm.nix's
+#      form; QEMU opens /dev/vhost-vsock itself) while the first VM holds CID 3:
+#      credbridge listens for CID 3, QEMU is started once, the kernel refuses it
+#      the CID, and credbridge exits with QEMU's status (1)
 #
 # --runner plain runs L2's QEMU without credbridge (-device vhost-vsock-pci,
 # a hand-written notify_socket string, a socat VSOCK-LISTEN listener): checks
@@ -48,7 +52,7 @@ while [ $# -gt 0 ]; do
         --credbridge) CREDBRIDGE="$2"; shift 2 ;;
         --runner) RUNNER="$2"; shift 2 ;;
         --timeout) TIMEOUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
         *) e2e_die "unknown argument: $1" ;;
     esac
 done
@@ -268,6 +272,7 @@ finish() {
     [ -f /run/l2.serial ] && tr -d '\r' </run/l2.serial | grep -v '^$' | sed 's/^/L2 /'
     [ -f /run/cb.err ] && sed 's/^/CB /' /run/cb.err
     [ -f /run/clash.err ] && sed 's/^/CLASH /' /run/clash.err
+    [ -f /run/own.err ] && sed 's/^/OWN /' /run/own.err
     [ -f /run/notify.raw ] && notify_lines | sed 's/^/NOTIFY /'
     if grep -q '^FAIL' $REP; then dmesg | tail -15 | sed 's/^/DMESG /'; fi
     echo CREDBRIDGE-E2E-END
@@ -390,6 +395,27 @@ if [ $crc = 125 ] && has /run/clash.err "CID $CID is in use" && [ "${vm_calls:-0
     pass "3: second credbridge with --vsock-cid $CID: exit 125, no QEMU started, first still runs: $(grep -m1 "CID $CID is in use" /run/clash.err | cut -c1-160)"
 else
     fail "3: second credbridge: exit $crc (want 125), QEMU started ${vm_calls:-0} times (want 0), first alive: $(alive $CB && echo yes || echo no); stderr: $(tail -2 /run/clash.err | tr '\n' ' ' | cut -c1-200)"
+fi
+
+# ------------------------------------------------ 6: the argv's own device
+# microvm.nix's form, -device vhost-vsock-pci,guest-cid=N: credbridge takes the
+# CID from the argv and QEMU opens /dev/vhost-vsock itself.  With CID 3 held by
+# the first VM, the kernel refuses it to QEMU, and credbridge must pass QEMU's
+# exit status on (1, not its own 125).
+: >/run/clash.calls
+# shellcheck disable=SC2086
+timeout 120 credbridge run --ready guest --ready-timeout 60s --stop-timeout 5s \
+    --credentials-dir /run/creds -- /run/clash/qemu-system-x86_64 \
+    -machine pc -accel tcg -m 64M -nodefaults -display none -no-reboot -serial file:/run/own.serial \
+    -kernel /l2/vmlinux -initrd /l2/initrd -append "$L2_APPEND" \
+    -device vhost-vsock-pci,guest-cid=$CID </dev/null >/dev/null 2>/run/own.err
+orc=$?
+own_calls=$(grep -c -- "guest-cid=$CID" /run/clash.calls 2>/dev/null)
+if [ $orc = 1 ] && [ "${own_calls:-0}" = 1 ] && has /run/own.err "from guest CID $CID only" \
+        && has /run/own.err 'unable to set guest cid' && alive $CB; then
+    pass "6: the argv's own -device vhost-vsock-pci,guest-cid=$CID: credbridge listened for CID $CID, QEMU started once and was refused the CID by the kernel, exit 1 passed on: $(grep -m1 'unable to set guest cid' /run/own.err | cut -c1-160)"
+else
+    fail "6: the argv's own device: exit $orc (want QEMU's 1), QEMU started ${own_calls:-0} times (want 1), first alive: $(alive $CB && echo yes || echo no); stderr: $(tail -3 /run/own.err | tr '\n' ' ' | cut -c1-300)"
 fi
 
 # ------------------------------------------------ 1: the guest's READY=1
@@ -601,7 +627,7 @@ while IFS= read -r line; do
         *) note "$line" ;;
     esac
 done <"$REPORT"
-if [ "$RUNNER" = credbridge ]; then want_checks="1 2 3 4 5"; else want_checks="1 4"; fi
+if [ "$RUNNER" = credbridge ]; then want_checks="1 2 3 4 5 6"; else want_checks="1 4"; fi
 for c in $want_checks; do
     case "$seen_checks" in *" $c "*) ;; *) fail "$c: not reached" ;; esac
 done
