@@ -393,6 +393,22 @@ fn collect_fds(option: &str, arg: &[u8], out: &mut QemuArgv) {
     }
 }
 
+/// An option's `key=` value, or its leading bare item, which QEMU takes as that key
+/// (`-machine q35` is `type=q35`, `-device vhost-vsock-pci` is `driver=vhost-vsock-pci`).
+fn implied(items: &[Item], key: &str) -> Option<String> {
+    items
+        .iter()
+        .find(|i| i.key == key)
+        .and_then(|i| i.value.clone())
+        .or_else(|| {
+            items
+                .first()
+                .filter(|i| i.value.is_none())
+                .map(|i| i.key.clone().into_bytes())
+        })
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
 /// `-device` in either syntax: `DRIVER,key=value,...` (or `driver=DRIVER,...`) or, since QEMU
 /// 6.2, a JSON object.
 fn device(arg: &[u8], out: &mut QemuArgv) {
@@ -408,17 +424,7 @@ fn device(arg: &[u8], out: &mut QemuArgv) {
         )
     } else {
         let items = split_items(arg);
-        let driver = items
-            .iter()
-            .find(|i| i.key == "driver")
-            .and_then(|i| i.value.clone())
-            .or_else(|| {
-                items
-                    .first()
-                    .filter(|i| i.value.is_none())
-                    .map(|i| i.key.clone().into_bytes())
-            })
-            .map(|d| String::from_utf8_lossy(&d).into_owned());
+        let driver = implied(&items, "driver");
         let cid = items
             .iter()
             .rev()
@@ -485,19 +491,8 @@ pub fn parse_argv(args: &[OsString]) -> Result<QemuArgv, ArgvError> {
             "device" => device(arg, &mut out),
             "machine" | "M" => {
                 let items = split_items(arg);
-                // The machine type is `type=` or the leading bare item.
-                let ty = items
-                    .iter()
-                    .find(|i| i.key == "type")
-                    .and_then(|i| i.value.clone())
-                    .or_else(|| {
-                        items
-                            .first()
-                            .filter(|i| i.value.is_none())
-                            .map(|i| i.key.clone().into_bytes())
-                    });
-                if let Some(t) = ty {
-                    out.machine = Some(String::from_utf8_lossy(&t).into_owned());
+                if let Some(t) = implied(&items, "type") {
+                    out.machine = Some(t);
                 }
                 if items
                     .iter()
@@ -813,40 +808,27 @@ mod tests {
 
     #[test]
     fn child_args_append_strings_then_the_monitor() {
+        let tail = [
+            "-smbios",
+            "type=11,path=/dev/fd/5",
+            "-smbios",
+            "type=11,path=/dev/fd/6",
+            "-chardev",
+            "socket,id=credbridge-qmp,fd=7",
+            "-mon",
+            "chardev=credbridge-qmp,mode=control",
+        ];
         let a = child_args(&os(&["-m", "1G"]), None, &[5, 6], 7);
-        assert_eq!(
-            a,
-            os(&[
-                "-m",
-                "1G",
-                "-smbios",
-                "type=11,path=/dev/fd/5",
-                "-smbios",
-                "type=11,path=/dev/fd/6",
-                "-chardev",
-                "socket,id=credbridge-qmp,fd=7",
-                "-mon",
-                "chardev=credbridge-qmp,mode=control",
-            ])
-        );
+        assert_eq!(a, os(&[&["-m", "1G"][..], &tail].concat()));
+        // credbridge's vhost-vsock device comes right after the user's argv.
         let a = child_args(&os(&["-m", "1G"]), Some((42, 4)), &[5, 6], 7);
-        assert_eq!(
-            a,
-            os(&[
-                "-m",
-                "1G",
-                "-device",
-                "vhost-vsock-pci,guest-cid=42,vhostfd=4",
-                "-smbios",
-                "type=11,path=/dev/fd/5",
-                "-smbios",
-                "type=11,path=/dev/fd/6",
-                "-chardev",
-                "socket,id=credbridge-qmp,fd=7",
-                "-mon",
-                "chardev=credbridge-qmp,mode=control",
-            ])
-        );
+        let device = [
+            "-m",
+            "1G",
+            "-device",
+            "vhost-vsock-pci,guest-cid=42,vhostfd=4",
+        ];
+        assert_eq!(a, os(&[&device[..], &tail].concat()));
     }
 
     #[test]
