@@ -120,7 +120,7 @@ impl Relay {
     /// Binds the listener the plan names. Needs a tokio runtime.
     pub fn bind(plan: &GuestNotifyPlan) -> Result<Bound, GuestNotifyError> {
         match plan {
-            GuestNotifyPlan::Hybrid { listen_path, .. } => Self::bind_unix(listen_path),
+            GuestNotifyPlan::Hybrid { listen_path } => Self::bind_unix(listen_path),
             GuestNotifyPlan::Vhost { cid, port } => {
                 // Without the device no guest can connect; say so rather than wait for nothing.
                 if !vsock::host_has_vhost() {
@@ -271,7 +271,6 @@ mod tests {
         let p = d.path().join("notify.vsock_8888");
         let plan = GuestNotifyPlan::Hybrid {
             listen_path: p.clone(),
-            port: 8888,
         };
         let Bound::Relay(relay) = Relay::bind(&plan).unwrap() else {
             panic!("fresh path")

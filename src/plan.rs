@@ -147,9 +147,9 @@ pub enum Target {
 }
 
 pub enum GuestNotifyPlan {
-    /// cloud-hypervisor's hybrid vsock: a guest connection to host CID 2, port `port`, arrives
-    /// on the Unix socket `listen_path`, `<vsock socket>_<port>`.
-    Hybrid { listen_path: PathBuf, port: u32 },
+    /// cloud-hypervisor's hybrid vsock: a guest connection to host CID 2, port PORT, arrives
+    /// on the Unix socket `listen_path`, `<vsock socket>_PORT`.
+    Hybrid { listen_path: PathBuf },
     /// QEMU's kernel vhost-vsock: an AF_VSOCK listener on the host, read only for connections
     /// from `cid`. `port: None`: the kernel picks a free one at start, and
     /// [`Plan::set_notify_port`] writes it into credbridge's `vmm.notify_socket` string.
@@ -579,7 +579,6 @@ impl Plan {
         Ok((
             Some(GuestNotifyPlan::Hybrid {
                 listen_path: PathBuf::from(listen),
-                port,
             }),
             add_vsock,
         ))

@@ -10,7 +10,7 @@
 //! another's unit report ready.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -177,10 +177,6 @@ impl Stream {
         Ok(Stream {
             fd: crate::sys::async_fd(fd)?,
         })
-    }
-
-    pub fn as_raw_fd(&self) -> RawFd {
-        self.fd.get_ref().as_raw_fd()
     }
 }
 
