@@ -19,6 +19,18 @@ fn fixture_file() -> PathBuf {
         .join("../shared/fixtures/cloud-hypervisor/argv-to-vmconfig.jsonl")
 }
 
+/// Every case of the fixture file, with the paths they name created.
+fn load_cases() -> Vec<Value> {
+    let text = fs::read_to_string(fixture_file()).expect("fixture file");
+    let cases: Vec<Value> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).expect("fixture line is JSON"))
+        .collect();
+    create_fixture_paths(&cases);
+    cases
+}
+
 /// `--landlock-rules path=` must exist when CH parses it; the cases only use paths under
 /// `FIXTURE_ROOT`, which we create (a file where the name has an extension, else a directory).
 fn create_fixture_paths(cases: &[Value]) {
@@ -167,13 +179,7 @@ fn check_refused(name: &str, case: &Value, err: &ArgvError) {
 
 #[test]
 fn every_fixture_case() {
-    let text = fs::read_to_string(fixture_file()).expect("fixture file");
-    let cases: Vec<Value> = text
-        .lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| serde_json::from_str(line).expect("fixture line is JSON"))
-        .collect();
-    create_fixture_paths(&cases);
+    let cases = load_cases();
 
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     let mut failures = Vec::new();
@@ -304,13 +310,7 @@ fn mutate(rng: &mut Rng, args: &mut Vec<OsString>) {
 
 #[test]
 fn mutated_fixture_argv_never_panics() {
-    let text = fs::read_to_string(fixture_file()).expect("fixture file");
-    let cases: Vec<Value> = text
-        .lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| serde_json::from_str(line).expect("fixture line is JSON"))
-        .collect();
-    create_fixture_paths(&cases);
+    let cases = load_cases();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut runs = 0;
     for case in &cases {
