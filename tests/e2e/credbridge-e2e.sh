@@ -207,22 +207,6 @@ boot() {
     fi
 }
 
-short() { local n="$1"; if [ ${#n} -gt 40 ]; then echo "${n:0:16}...(${#n}-byte name)"; else echo "$n"; fi; }
-
-check_cred() { # release report name expected-file
-    local r="$1" rep="$2" name="$3" exp="$4" label esize esum
-    label="$r: $(short "$name")"
-    if ! find_cred "$rep" "$name"; then fail "$label: not imported"; return; fi
-    esize="$(stat -c %s "$exp")"
-    esum="$(sha256sum <"$exp" | cut -d' ' -f1)"
-    if [ "$C_SIZE" = "$esize" ] && [ "$C_SUM" = "$esum" ] \
-            && { [ "$C_DATA" = - ] || printf '%s' "$C_DATA" | base64 -d 2>/dev/null | cmp -s - "$exp"; }; then
-        pass "$label: $esize bytes identical (sha256 ${esum:0:16}...)"
-    else
-        fail "$label: guest has $C_SIZE bytes sha256 $C_SUM, host $esize bytes sha256 $esum"
-    fi
-}
-
 check_run() { # release label: credbridge's exit status and READY=1
     local r="$1" label="$2"
     if [ "$RC" = 0 ]; then
@@ -255,7 +239,7 @@ for r in "${RELEASES[@]}"; do
     check_run "$r" cases
     ver="$(sed -n 's/^SYSTEMD systemd \([0-9]*\).*/\1/p' "$REPORT")"
     echo "# $r: guest systemd ${ver:-?}, $(grep '^DMI11 ' "$REPORT" | cut -d' ' -f2- | tr '\n' ';')"
-    for n in "${CASES[@]}"; do check_cred "$r" "$REPORT" "$n" "$W/exp/cases/$n"; done
+    for n in "${CASES[@]}"; do e2e_check_cred "$r" "$REPORT" "$n" "$W/exp/cases/$n"; done
     if [ "$RUNNER" = credbridge ]; then
         if ! grep -q 'path=/dev/fd/' "$CMDLINE"; then
             fail "$r: QEMU's command line was not seen or has no path=/dev/fd/ ($(wc -l <"$CMDLINE") arguments)"
@@ -276,7 +260,7 @@ for r in "${RELEASES[@]}"; do
     # 2. the default budget, at and one byte above
     boot "$r" budget budget
     check_run "$r" budget
-    check_cred "$r" "$REPORT" "$BUDGET_NAME" "$W/exp/budget/$BUDGET_NAME"
+    e2e_check_cred "$r" "$REPORT" "$BUDGET_NAME" "$W/exp/budget/$BUDGET_NAME"
     entry="$(sed -n 's/^DMI11 11-0 .*rawbytes=\([0-9]*\).*/\1/p' "$REPORT")"
     if [ "$entry" = 4096 ]; then pass "$r: the type 11 entry is exactly 4096 bytes"; else fail "$r: type 11 entry is ${entry:-?} bytes, want 4096"; fi
     if [ "$RUNNER" = credbridge ]; then
@@ -293,22 +277,7 @@ for r in "${RELEASES[@]}"; do
     # 3. the 4 KiB difference between systemd < 257 and >= 257
     boot "$r" 4k 4k --smbios-budget 8192
     check_run "$r" 4k
-    bigsize=missing aftersize=missing
-    if find_cred "$REPORT" big; then bigsize="$C_SIZE"; fi
-    if find_cred "$REPORT" tail; then aftersize="$C_SIZE"; fi
-    summary="big: $bigsize of 5000 bytes, tail: $aftersize"
-    if [ -z "$ver" ]; then
-        fail "$r: 4 KiB: no systemd version in the report"
-    elif [ "$ver" -lt 257 ]; then
-        if [ "$bigsize" != 5000 ] && [ "$aftersize" = missing ]; then
-            pass "$r: 4 KiB: systemd $ver reads only 4096 bytes of the entry ($summary)"
-        else
-            fail "$r: 4 KiB: systemd $ver, expected a cut ($summary)"
-        fi
-    else
-        check_cred "$r" "$REPORT" big "$W/exp/4k/big"
-        check_cred "$r" "$REPORT" tail "$W/exp/4k/tail"
-    fi
+    e2e_judge_4k "$r" "$REPORT" big tail "$W/exp/4k"
     echo "# $r: done in $(secs_since "$tr0")s"
 done
 
