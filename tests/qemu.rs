@@ -59,6 +59,25 @@ fn start(user_args: &[&str], strings: &[OemString]) -> Started {
     Started { child, qmp }
 }
 
+/// A QEMU with no machine at all: enough for the monitor.
+const NO_MACHINE: [&str; 5] = ["-machine", "none", "-nodefaults", "-display", "none"];
+
+/// A `pc` machine under TCG, started paused (`-S`), with `mem` of RAM.
+fn paused_pc(mem: &str) -> Vec<&str> {
+    vec![
+        "-machine",
+        "pc",
+        "-accel",
+        "tcg",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-m",
+        mem,
+        "-S",
+    ]
+}
+
 async fn stderr_of(child: &mut tokio::process::Child) -> String {
     let mut s = String::new();
     if let Some(mut e) = child.stderr.take() {
@@ -69,10 +88,7 @@ async fn stderr_of(child: &mut tokio::process::Child) -> String {
 
 #[tokio::test]
 async fn qmp_on_a_socketpair_queries_and_quits_a_real_qemu() {
-    let mut s = start(
-        &["-machine", "none", "-nodefaults", "-display", "none"],
-        &[],
-    );
+    let mut s = start(&NO_MACHINE, &[]);
     let (qmp, mut events) = Qmp::connect_std(s.qmp, Duration::from_secs(10))
         .await
         .unwrap();
@@ -103,21 +119,7 @@ async fn qmp_on_a_socketpair_queries_and_quits_a_real_qemu() {
 
 #[tokio::test]
 async fn paused_start_powerdown_and_events() {
-    let mut s = start(
-        &[
-            "-machine",
-            "pc",
-            "-accel",
-            "tcg",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-m",
-            "64M",
-            "-S",
-        ],
-        &[],
-    );
+    let mut s = start(&paused_pc("64M"), &[]);
     let (qmp, mut events) = Qmp::connect_std(s.qmp, Duration::from_secs(10))
         .await
         .unwrap();
@@ -137,18 +139,7 @@ async fn paused_start_powerdown_and_events() {
 /// exactly the bytes we wrote (its other tables take 321 bytes on this machine).
 #[tokio::test]
 async fn qemu_reads_the_memfds_and_checks_its_table_size() {
-    let pc = [
-        "-machine",
-        "pc",
-        "-accel",
-        "tcg",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-m",
-        "512M",
-        "-S",
-    ];
+    let pc = paused_pc("512M");
     let big = OemString::public(&"a".repeat(65500), Origin::Flag);
     let mut s = start(&pc, &[big]);
     let status = tokio::time::timeout(Duration::from_secs(20), s.child.wait())
@@ -174,7 +165,7 @@ async fn qemu_reads_the_memfds_and_checks_its_table_size() {
         OemString::public(&"c".repeat(second), Origin::Flag),
     ];
     credbridge::oem::validate(&strings, &l).unwrap();
-    let mut args = pc.to_vec();
+    let mut args = pc.clone();
     let own = format!("type=11,value={argv_string}");
     args.extend(["-smbios", &own]);
     let mut s = start(&args, &strings);
@@ -190,10 +181,7 @@ async fn qemu_reads_the_memfds_and_checks_its_table_size() {
 /// A connection that QEMU never answers on must not hang credbridge.
 #[tokio::test]
 async fn commands_time_out_when_qemu_is_stopped() {
-    let mut s = start(
-        &["-machine", "none", "-nodefaults", "-display", "none"],
-        &[],
-    );
+    let mut s = start(&NO_MACHINE, &[]);
     let (qmp, _events) = Qmp::connect_std(s.qmp, Duration::from_secs(10))
         .await
         .unwrap();
