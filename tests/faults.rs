@@ -77,6 +77,15 @@ fn vm_args(rig: &Rig) -> Vec<String> {
     rig.vm_args()
 }
 
+/// `credbridge run FLAGS -- <the rig's VM>`, with one FAKE_CH_* knob set for the fake.
+fn spawn_vm(rig: &Rig, flags: &[&str], (knob, value): (&str, &str)) -> Child {
+    let args = vm_args(rig);
+    rig.command("run", flags, &strs(&args))
+        .env(knob, value)
+        .spawn()
+        .unwrap()
+}
+
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -186,12 +195,7 @@ fn assert_refused(rig: &mut Rig, out: &Output, needles: &[&str]) {
 fn hang_without_events_fails_at_the_ready_timeout() {
     let mut rig = Rig::new();
     put(&mut rig, "k", b"secret-no-events-timeout");
-    let args = vm_args(&rig);
-    let child = rig
-        .command("run", &["--ready-timeout", "1s"], &strs(&args))
-        .env("FAKE_CH_NO_EVENTS", "1")
-        .spawn()
-        .unwrap();
+    let child = spawn_vm(&rig, &["--ready-timeout", "1s"], ("FAKE_CH_NO_EVENTS", "1"));
     let end = finish(&mut rig, child, T);
     assert_eq!(end.status.code(), Some(125), "{}", end.stderr);
     assert!(
@@ -222,12 +226,7 @@ fn hang_without_events_fails_at_the_ready_timeout() {
 fn hang_without_events_and_no_timeout_is_never_ready_and_stops_cleanly() {
     let mut rig = Rig::new();
     put(&mut rig, "k", b"secret-no-events-no-timeout");
-    let args = vm_args(&rig);
-    let child = rig
-        .command("run", &[], &strs(&args))
-        .env("FAKE_CH_NO_EVENTS", "1")
-        .spawn()
-        .unwrap();
+    let child = spawn_vm(&rig, &[], ("FAKE_CH_NO_EVENTS", "1"));
     // The VM boots (the fake records its strings at boot), but no event says so.
     assert!(rig.wait_record("oem_strings.json", T), "the VM booted");
     std::thread::sleep(Duration::from_millis(1000));
@@ -251,12 +250,7 @@ fn hang_without_events_and_no_timeout_is_never_ready_and_stops_cleanly() {
 fn event_pipe_closed_after_boot_keeps_the_vm_supervised() {
     let mut rig = Rig::new();
     put(&mut rig, "k", b"secret-events-closed");
-    let args = vm_args(&rig);
-    let child = rig
-        .command("run", &[], &strs(&args))
-        .env("FAKE_CH_CLOSE_EVENTS_AFTER_BOOT", "1")
-        .spawn()
-        .unwrap();
+    let child = spawn_vm(&rig, &[], ("FAKE_CH_CLOSE_EVENTS_AFTER_BOOT", "1"));
     rig.notify.wait_for("READY=1", T).expect("READY=1");
     let pid = rig.fake_pid().unwrap();
     // EOF on the event pipe is not the hypervisor's exit: nothing is stopped.
@@ -287,13 +281,12 @@ fn api_that_never_answers_is_bounded_by_the_ready_timeout() {
     for route in ["vm.create", "vm.boot"] {
         let mut rig = Rig::new();
         put(&mut rig, "k", format!("secret-api-hang-{route}").as_bytes());
-        let args = vm_args(&rig);
         let t0 = Instant::now();
-        let child = rig
-            .command("run", &["--ready-timeout", "1s"], &strs(&args))
-            .env("FAKE_CH_API_HANG", route)
-            .spawn()
-            .unwrap();
+        let child = spawn_vm(
+            &rig,
+            &["--ready-timeout", "1s"],
+            ("FAKE_CH_API_HANG", route),
+        );
         let end = finish(&mut rig, child, T);
         assert_eq!(end.status.code(), Some(125), "{route}: {}", end.stderr);
         assert!(
@@ -316,12 +309,7 @@ fn api_that_never_answers_is_bounded_by_the_ready_timeout() {
 fn api_error_on_boot_fails_the_start_and_stops_the_hypervisor() {
     let mut rig = Rig::new();
     put(&mut rig, "k", b"secret-boot-error");
-    let args = vm_args(&rig);
-    let child = rig
-        .command("run", &[], &strs(&args))
-        .env("FAKE_CH_API_ERROR", "vm.boot:500")
-        .spawn()
-        .unwrap();
+    let child = spawn_vm(&rig, &[], ("FAKE_CH_API_ERROR", "vm.boot:500"));
     let end = finish(&mut rig, child, T);
     assert_eq!(end.status.code(), Some(125), "{}", end.stderr);
     for needle in [
@@ -354,12 +342,11 @@ fn api_error_on_boot_fails_the_start_and_stops_the_hypervisor() {
 fn power_button_never_answered_escalates_after_the_stop_timeout() {
     let mut rig = Rig::new();
     put(&mut rig, "k", b"secret-power-hang");
-    let args = vm_args(&rig);
-    let child = rig
-        .command("run", &["--stop-timeout", "500ms"], &strs(&args))
-        .env("FAKE_CH_API_HANG", "vm.power-button")
-        .spawn()
-        .unwrap();
+    let child = spawn_vm(
+        &rig,
+        &["--stop-timeout", "500ms"],
+        ("FAKE_CH_API_HANG", "vm.power-button"),
+    );
     rig.notify.wait_for("READY=1", T).expect("READY=1");
     let t0 = Instant::now();
     signal(&child, Signal::SIGTERM);
@@ -389,13 +376,8 @@ fn power_button_never_answered_escalates_after_the_stop_timeout() {
 fn power_button_error_escalates_without_waiting_for_the_stop_timeout() {
     let mut rig = Rig::new();
     put(&mut rig, "k", b"secret-power-error");
-    let args = vm_args(&rig);
     // The default --stop-timeout is 30 s; an answered error must not wait for it.
-    let child = rig
-        .command("run", &[], &strs(&args))
-        .env("FAKE_CH_API_ERROR", "vm.power-button:500")
-        .spawn()
-        .unwrap();
+    let child = spawn_vm(&rig, &[], ("FAKE_CH_API_ERROR", "vm.power-button:500"));
     rig.notify.wait_for("READY=1", T).expect("READY=1");
     signal(&child, Signal::SIGTERM);
     let end = finish(&mut rig, child, T);
@@ -414,13 +396,8 @@ fn power_button_error_escalates_without_waiting_for_the_stop_timeout() {
 fn slow_to_bind_is_waited_for() {
     let mut rig = Rig::new();
     put(&mut rig, "k", b"secret-slow-bind");
-    let args = vm_args(&rig);
     let t0 = Instant::now();
-    let child = rig
-        .command("run", &[], &strs(&args))
-        .env("FAKE_CH_BIND_DELAY_MS", "1500")
-        .spawn()
-        .unwrap();
+    let child = spawn_vm(&rig, &[], ("FAKE_CH_BIND_DELAY_MS", "1500"));
     rig.notify.wait_for("READY=1", T).expect("READY=1");
     assert!(
         t0.elapsed() >= Duration::from_millis(1500),
@@ -437,12 +414,7 @@ fn slow_to_bind_is_waited_for() {
 fn stop_requested_while_the_hypervisor_is_still_binding() {
     let mut rig = Rig::new();
     put(&mut rig, "k", b"secret-stop-while-binding");
-    let args = vm_args(&rig);
-    let child = rig
-        .command("run", &[], &strs(&args))
-        .env("FAKE_CH_BIND_DELAY_MS", "5000")
-        .spawn()
-        .unwrap();
+    let child = spawn_vm(&rig, &[], ("FAKE_CH_BIND_DELAY_MS", "5000"));
     assert!(rig.wait_record("pid", T), "the fake started");
     std::thread::sleep(Duration::from_millis(200));
     let t0 = Instant::now();
@@ -464,12 +436,7 @@ fn stop_requested_while_the_hypervisor_is_still_binding() {
 fn crash_after_boot_leaves_no_socket_and_no_secret() {
     let mut rig = Rig::new();
     put(&mut rig, "k", b"secret-crash-after-boot");
-    let args = vm_args(&rig);
-    let child = rig
-        .command("run", &[], &strs(&args))
-        .env("FAKE_CH_KILL_SELF_AFTER_BOOT_MS", "1500")
-        .spawn()
-        .unwrap();
+    let child = spawn_vm(&rig, &[], ("FAKE_CH_KILL_SELF_AFTER_BOOT_MS", "1500"));
     rig.notify.wait_for("READY=1", T).expect("READY=1");
     // Listed within the 1.5 s the fake lives after boot.
     let sockets_while_running = sockets_in(rig.dir.path());
@@ -508,12 +475,7 @@ fn credbridge_sigkilled_takes_the_hypervisor_with_it() {
     for (label, boot_delay) in [("running", "0"), ("booting", "5000")] {
         let mut rig = Rig::new();
         put(&mut rig, "k", format!("secret-sigkill-{label}").as_bytes());
-        let args = vm_args(&rig);
-        let mut child = rig
-            .command("run", &[], &strs(&args))
-            .env("FAKE_CH_BOOT_DELAY_MS", boot_delay)
-            .spawn()
-            .unwrap();
+        let mut child = spawn_vm(&rig, &[], ("FAKE_CH_BOOT_DELAY_MS", boot_delay));
         if label == "running" {
             rig.notify.wait_for("READY=1", T).expect("READY=1");
         } else {
