@@ -10,6 +10,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
+use zeroize::Zeroizing;
 
 use crate::apisocket::ApiSocketError;
 use crate::backend::{Backend, BackendEvent, Boxed, maybe, sleep_until};
@@ -250,7 +251,9 @@ impl<'a> Supervisor<'a> {
                     // The secrets are in the hypervisor now; ours are no longer needed.
                     BackendEvent::Handed => sup.plan.forget_secrets(),
                     BackendEvent::BootFailed { msg, maybe_exiting } => {
-                        let msg = sup.plan.scrub(&msg);
+                        // Before Handed: scrubbing needs the values (#11). The raw text may
+                        // quote them and is zeroed once scrubbed.
+                        let msg = sup.plan.scrub(&Zeroizing::new(msg));
                         if maybe_exiting {
                             // A dropped connection usually means the hypervisor is exiting;
                             // its exit status is the better message, so wait for it briefly.
@@ -260,9 +263,9 @@ impl<'a> Supervisor<'a> {
                             sup.escalate_to(Stop::Terminated);
                         }
                     }
-                    BackendEvent::Info(m) => tracing::info!("{}", sup.plan.scrub(&m)),
-                    BackendEvent::Warn(m) => tracing::warn!("{}", sup.plan.scrub(&m)),
-                    BackendEvent::Debug(m) => tracing::debug!("{}", sup.plan.scrub(&m)),
+                    BackendEvent::Info(m) => tracing::info!("{}", sup.plan.scrub(&Zeroizing::new(m))),
+                    BackendEvent::Warn(m) => tracing::warn!("{}", sup.plan.scrub(&Zeroizing::new(m))),
+                    BackendEvent::Debug(m) => tracing::debug!("{}", sup.plan.scrub(&Zeroizing::new(m))),
                 },
                 _ = sleep_until(boot_error.as_ref().map(|(_, d)| *d)) => {
                     if let Some((msg, _)) = boot_error.take() {

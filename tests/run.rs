@@ -623,3 +623,91 @@ fn children_inherited_from_the_runner_are_reaped() {
         "its exit status is still ours"
     );
 }
+
+/// Every form a value can take in a hypervisor's error text: raw, base64, JSON-escaped
+/// (serde_json's and ASCII-only), Rust Debug-escaped, and what U+FFFD leaves of invalid UTF-8.
+fn value_forms(value: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut forms = vec![
+        ("raw", value.to_vec()),
+        ("base64", b64.encode(value).into_bytes()),
+        (
+            "base64 unpadded",
+            base64::engine::general_purpose::STANDARD_NO_PAD
+                .encode(value)
+                .into_bytes(),
+        ),
+    ];
+    let text = String::from_utf8_lossy(value).into_owned();
+    if std::str::from_utf8(value).is_err() {
+        forms.push(("lossy", text.clone().into_bytes()));
+    }
+    let unquote = |s: String| s[1..s.len() - 1].as_bytes().to_vec();
+    forms.push(("json", unquote(serde_json::to_string(&text).unwrap())));
+    forms.push(("debug", unquote(format!("{text:?}"))));
+    let ascii: String = text
+        .chars()
+        .map(|c| match c {
+            '/' => "\\/".to_owned(),
+            c if c.is_ascii() => serde_json::to_string(&c)
+                .unwrap()
+                .trim_matches('"')
+                .to_owned(),
+            c => {
+                let mut u = [0u16; 2];
+                c.encode_utf16(&mut u)
+                    .iter()
+                    .map(|u| format!("\\u{u:04x}"))
+                    .collect()
+            }
+        })
+        .collect();
+    forms.push(("json ascii", ascii.into_bytes()));
+    forms
+}
+
+/// #11: a hypervisor whose error quotes the vm.create body (in every escaping) must not put a
+/// value on stderr or in STATUS=: the error is scrubbed while credbridge still knows the values.
+#[test]
+fn hypervisor_errors_quoting_the_body_are_scrubbed_in_every_form() {
+    let mut rig = Rig::new();
+    let text = "t\"ext/se\\cr\u{e9}t \u{1f511} value";
+    rig.add_credential("plain", text.as_bytes());
+    rig.add_credential("bin", b"\x00bin\xffary-secret");
+    let args = rig.vm_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = rig
+        .command("run", &[], &args)
+        .env("FAKE_CH_API_ERROR", "vm.create:400")
+        .env("FAKE_CH_API_ERROR_ECHO", "1")
+        .spawn()
+        .unwrap();
+    let st = wait_exit(&mut child, T);
+    assert_eq!(st.code(), Some(125));
+    let stderr = stderr_of(&mut child);
+    // The fake did echo: its own labels reach us, the values do not.
+    for label in [
+        "request body (as sent)",
+        "oem string (Debug)",
+        "oem string (JSON, ASCII only)",
+        "value (base64)",
+        "value (decoded)",
+    ] {
+        assert!(stderr.contains(label), "{label}: {stderr}");
+    }
+    assert!(stderr.contains("<redacted"), "{stderr}");
+    let notify = rig.notify.messages().join("\n");
+    assert!(notify.contains("STATUS=Failed: "), "{notify}");
+    for value in [text.as_bytes(), b"\x00bin\xffary-secret".as_slice()] {
+        for (form, bytes) in value_forms(value) {
+            for (what, hay) in [("stderr", stderr.as_bytes()), ("notify", notify.as_bytes())] {
+                assert!(
+                    !contains(hay, &bytes),
+                    "{what} holds a value in {form} form: {}",
+                    String::from_utf8_lossy(hay)
+                );
+            }
+        }
+    }
+}

@@ -250,11 +250,16 @@ fn connection(stream: UnixStream) {
             hang_forever(stream);
         }
         let (status, body, then_exit) = if let Some(status) = knobs.api_error_for(&route) {
-            let msg = if route == "vm.create" {
+            let mut msg = if route == "vm.create" {
                 json!(["Error creating VM: fake failure"])
             } else {
                 json!([format!("Error from API: fake failure on {route}")])
             };
+            if knobs.api_error_echo {
+                if let (Some(list), Some(body)) = (msg.as_array_mut(), req.body.as_deref()) {
+                    list.extend(echo_forms(body).into_iter().map(serde_json::Value::from));
+                }
+            }
             (status, Some(msg.to_string().into_bytes()), false)
         } else {
             match vmm::handle(&req.method, &route, &req.body, req.fds) {
@@ -280,4 +285,73 @@ fn connection(stream: UnixStream) {
             return;
         }
     }
+}
+
+/// `FAKE_CH_API_ERROR_ECHO`: the request body quoted back in an error, in every form a
+/// hypervisor's error text might carry it (a test knob; cloud-hypervisor 54 itself quotes
+/// only what it failed to parse, but its `-v` Debug output and other VMMs quote more).
+fn echo_forms(body: &[u8]) -> Vec<String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let text = String::from_utf8_lossy(body).into_owned();
+    let mut out = vec![format!("request body (as sent): {text}")];
+    let strings: Vec<String> = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| serde_json::from_value(v.pointer("/platform/oem_strings")?.clone()).ok())
+        .unwrap_or_default();
+    for s in &strings {
+        out.push(format!("oem string (raw): {s}"));
+        out.push(format!("oem string (Debug): {s:?}"));
+        out.push(format!(
+            "oem string (JSON): {}",
+            serde_json::to_string(s).unwrap()
+        ));
+        out.push(format!(
+            "oem string (JSON, ASCII only): \"{}\"",
+            json_ascii(s)
+        ));
+        out.push(format!(
+            "oem string (Debug of JSON): {:?}",
+            serde_json::to_string(s).unwrap()
+        ));
+        if let Some((head, value)) = s.split_once('=') {
+            out.push(format!("value (base64): {}", b64.encode(value)));
+            if head.starts_with("io.systemd.credential.binary:") {
+                if let Ok(raw) = b64.decode(value) {
+                    out.push(format!(
+                        "value (decoded): {}",
+                        String::from_utf8_lossy(&raw)
+                    ));
+                    out.push(format!(
+                        "value (decoded, Debug): {:?}",
+                        String::from_utf8_lossy(&raw)
+                    ));
+                }
+            }
+        }
+    }
+    out.push(format!("config (Debug): {strings:?}"));
+    out
+}
+
+/// JSON string escaping as encoders that emit ASCII only write it: every non-ASCII character
+/// as `\uXXXX` (surrogate pairs above U+FFFF) and `/` as `\/`.
+fn json_ascii(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '/' => out.push_str("\\/"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 || !c.is_ascii() => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{:04x}", u));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }

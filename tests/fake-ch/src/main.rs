@@ -24,6 +24,10 @@
 //! - `FAKE_CH_API_ERROR=<route>:<status>[,...]`: that route (e.g. `vm.create`, the path after
 //!   `/api/v1/`) answers `<status>` with a JSON array of error strings
 //!   (`["Error creating VM: fake failure"]` for vm.create) and has no effect.
+//! - `FAKE_CH_API_ERROR_ECHO=1`: a test knob, not cloud-hypervisor behaviour: the errors of
+//!   `FAKE_CH_API_ERROR` also quote the request body back, and each of its OEM strings raw,
+//!   Debug-escaped, JSON-escaped (serde_json's and ASCII-only `\uXXXX`/`\/`), Debug of JSON,
+//!   its value in base64 and, for a binary credential, decoded (issue #11).
 //! - `FAKE_CH_API_HANG=<route>[,...]`: requests to that route are read and never answered.
 //! - `FAKE_CH_BIND_DELAY_MS=<ms>`: sleep before binding (`path=`) or serving (`fd=`) the API.
 //! - `FAKE_CH_IGNORE_SIGTERM=1`: ignore SIGTERM (SIGINT still exits), for kill escalation tests.
