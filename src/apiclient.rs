@@ -18,20 +18,53 @@ use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use zeroize::Zeroizing;
 
+use crate::sockpath::PeerRule;
+
+/// The most credbridge reads of an answer. `vm.info`, the largest, is the VM's config: tens
+/// of KiB with the largest OEM strings cloud-hypervisor can hold (about 64 KiB).
+pub const MAX_RESPONSE: usize = 4 << 20;
+/// Error text longer than this is not shown (it is scrubbed of secrets whole, never cut,
+/// because a cut could leave part of a value that no longer matches).
+pub const MAX_ERROR_TEXT: usize = 16 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("cannot connect to the cloud-hypervisor API socket: {0}")]
     Connect(io::Error),
+    #[error(
+        "the API socket is served by another listener ({who}), not the one credbridge set up; nothing was sent\nhint: someone may have replaced the socket; keep it in a directory only credbridge's user and root can write"
+    )]
+    WrongPeer { who: String },
     #[error("{route}: HTTP exchange with cloud-hypervisor failed: {source}")]
     Http { route: String, source: hyper::Error },
     #[error("{route}: cloud-hypervisor did not answer within {secs} s")]
     Timeout { route: String, secs: u64 },
-    #[error("{route}: cloud-hypervisor answered {status}: {}", errors.join("; "))]
+    #[error(
+        "{route}: cloud-hypervisor's answer is larger than {limit} bytes, the most credbridge reads; connection closed"
+    )]
+    TooLarge { route: String, limit: usize },
+    #[error("{route}: cloud-hypervisor answered {status}: {}", Joined(errors))]
     Status {
         route: String,
         status: u16,
-        errors: Vec<String>,
+        /// Zeroed on drop: a hypervisor may quote the values it was sent.
+        errors: Zeroizing<Vec<String>>,
     },
+}
+
+/// `errors.join("; ")` without a temporary copy of the text.
+struct Joined<'a>(&'a [String]);
+
+impl std::fmt::Display for Joined<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            f.write_str(e)?;
+        }
+        Ok(())
+    }
 }
 
 pub struct Response {
@@ -43,17 +76,25 @@ pub struct Response {
 #[derive(Clone)]
 pub struct ApiClient {
     addr: SocketAddr,
+    /// Checked on every connection before a byte is sent: the listener must be the one
+    /// credbridge set up, not one put at the same path by someone else.
+    peer: PeerRule,
     timeout: Duration,
 }
 
 impl ApiClient {
-    pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
-        ApiClient { addr, timeout }
+    pub fn new(addr: SocketAddr, peer: PeerRule, timeout: Duration) -> Self {
+        ApiClient {
+            addr,
+            peer,
+            timeout,
+        }
     }
 
     pub fn with_timeout(&self, timeout: Duration) -> Self {
         ApiClient {
             addr: self.addr.clone(),
+            peer: self.peer,
             timeout,
         }
     }
@@ -86,6 +127,9 @@ impl ApiClient {
     ) -> Result<Response, ApiError> {
         let std_stream =
             std::os::unix::net::UnixStream::connect_addr(&self.addr).map_err(ApiError::Connect)?;
+        self.peer
+            .check(&std_stream)
+            .map_err(|who| ApiError::WrongPeer { who })?;
         std_stream
             .set_nonblocking(true)
             .map_err(ApiError::Connect)?;
@@ -115,22 +159,41 @@ impl ApiClient {
                 buf: body.map(|data| SecretBuf { data, pos: 0 }),
             })
             .expect("static request parts are valid");
+        let too_large = || ApiError::TooLarge {
+            route: route.to_owned(),
+            limit: MAX_RESPONSE,
+        };
         let exchange = async move {
-            let resp = sender.send_request(req).await?;
+            let resp = sender.send_request(req).await.map_err(http)?;
             let status = resp.status().as_u16();
-            let bytes = resp.into_body().collect().await?.to_bytes();
+            let mut incoming = resp.into_body();
+            let hint = incoming.size_hint().lower() as usize;
+            if hint > MAX_RESPONSE {
+                return Err(too_large());
+            }
+            let mut body = Zeroizing::new(Vec::with_capacity(hint));
+            while let Some(frame) = incoming.frame().await {
+                let frame = frame.map_err(http)?;
+                if let Ok(data) = frame.into_data() {
+                    if body.len() + data.len() > MAX_RESPONSE {
+                        return Err(too_large());
+                    }
+                    append_zeroizing(&mut body, &data);
+                }
+            }
             // Dropping the sender lets the keep-alive connection task finish.
             drop(sender);
-            Ok::<_, hyper::Error>((status, Zeroizing::new(bytes.to_vec())))
+            Ok((status, body))
         };
-        // The connection task must run alongside the request; it ends once the sender is gone.
+        // The connection task must run alongside the request; it ends once the sender and the
+        // body are gone, which an early error return drops too.
         let (result, _conn) = tokio::join!(exchange, conn);
-        let (status, body) = result.map_err(http)?;
+        let (status, body) = result?;
         if status >= 400 {
             return Err(ApiError::Status {
                 route: route.to_owned(),
                 status,
-                errors: error_strings(&body),
+                errors: Zeroizing::new(error_strings(&body)),
             });
         }
         Ok(Response { status, body })
@@ -147,9 +210,26 @@ impl ApiClient {
     }
 }
 
-/// cloud-hypervisor answers errors with a JSON array of strings; anything else is shown as text,
-/// cut short.
+/// Appends without leaving the old allocation behind unzeroed, as `Vec` growth would.
+fn append_zeroizing(buf: &mut Zeroizing<Vec<u8>>, data: &[u8]) {
+    if buf.capacity() - buf.len() < data.len() {
+        let want = (buf.len() + data.len()).max(buf.capacity() * 2);
+        let mut bigger = Zeroizing::new(Vec::with_capacity(want.min(MAX_RESPONSE)));
+        bigger.extend_from_slice(buf);
+        *buf = bigger;
+    }
+    buf.extend_from_slice(data);
+}
+
+/// cloud-hypervisor answers errors with a JSON array of strings; anything else is shown as
+/// text. Not cut: the caller scrubs it of values first, and a cut value would not be found.
 fn error_strings(body: &[u8]) -> Vec<String> {
+    if body.len() > MAX_ERROR_TEXT {
+        return vec![format!(
+            "(an error text of {} bytes, not shown: over {MAX_ERROR_TEXT})",
+            body.len()
+        )];
+    }
     if let Ok(list) = serde_json::from_slice::<Vec<String>>(body) {
         return list;
     }
@@ -158,7 +238,7 @@ fn error_strings(body: &[u8]) -> Vec<String> {
     if text.is_empty() {
         return vec!["(no error text)".into()];
     }
-    vec![text.chars().take(500).collect()]
+    vec![text.to_owned()]
 }
 
 /// A request body that is handed to hyper whole and zeroed when hyper drops it. hyper queues a
@@ -289,6 +369,52 @@ impl AsyncWrite for FdStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that answers with a `len`-byte body of zeros, as fast as it is read; returns
+    /// how many body bytes it could write.
+    fn huge_answer(path: &std::path::Path, len: usize) -> std::thread::JoinHandle<usize> {
+        use std::io::{Read, Write};
+        let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut req = [0u8; 4096];
+            let _ = c.read(&mut req);
+            write!(c, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").unwrap();
+            let chunk = vec![0u8; 64 * 1024];
+            let mut sent = 0;
+            while sent < len {
+                match c.write(&chunk[..chunk.len().min(len - sent)]) {
+                    Ok(n) => sent += n,
+                    Err(_) => break,
+                }
+            }
+            sent
+        })
+    }
+
+    /// #11: a hypervisor's answer is read up to a limit, not to the end.
+    #[test]
+    fn a_huge_answer_is_refused_with_a_clear_error() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("api.sock");
+        let len = 64 << 20;
+        let server = huge_answer(&p, len);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = SocketAddr::from_pathname(&p).unwrap();
+        let client = ApiClient::new(addr, PeerRule::ours(), Duration::from_secs(20));
+        let r = rt.block_on(client.request(Method::GET, "vm.info", None, &[]));
+        let e = r.err().expect("the answer is refused");
+        assert!(e.to_string().contains("larger than"), "{e}");
+        drop(rt);
+        let sent = server.join().unwrap();
+        assert!(
+            sent < len / 2,
+            "read only up to the limit: the server sent {sent}"
+        );
+    }
 
     #[test]
     fn error_bodies_become_strings() {

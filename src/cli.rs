@@ -119,6 +119,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME")]
     pub argv0: Option<OsString>,
 
+    /// Accept a socket-activated (or inherited) API socket that members of its group can
+    /// connect to. Without it credbridge refuses any API socket that users other than its
+    /// owner can reach, since the API hands out every secret.
+    #[arg(long)]
+    pub api_socket_group_access: bool,
+
     #[arg(long, value_enum, default_value = "info")]
     pub log_level: LogLevel,
 

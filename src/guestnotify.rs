@@ -9,7 +9,6 @@
 //! (microvm.nix issues #297, #568).
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UnixListener;
 
 use crate::plan::GuestNotifyPlan;
+use crate::sockpath::{self, Probe};
 use crate::vsock::{self, VsockError};
 
 /// The largest message we read; sd_notify messages are a few hundred bytes.
@@ -170,29 +170,26 @@ impl Relay {
         }
     }
 
-    /// Binds `<vsock socket>_PORT`, replacing a stale socket but never a live one.
+    /// Binds `<vsock socket>_PORT`, replacing a stale socket but never a live one, nor one
+    /// whose state the probe cannot tell. Mode 0600 from the start (`sockpath::bind_listen`):
+    /// only the hypervisor, which runs as our user, connects.
     fn bind_unix(path: &Path) -> Result<Bound, GuestNotifyError> {
         let bind_err = |source| GuestNotifyError::Bind {
             path: path.to_owned(),
             source,
         };
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if !meta.file_type().is_socket() => {
+        match sockpath::probe(path).map_err(bind_err)? {
+            Probe::NotASocket => {
                 return Err(GuestNotifyError::NotASocket {
                     path: path.to_owned(),
                 });
             }
-            Ok(_) => {
-                if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                    return Ok(Bound::Foreign(path.to_owned()));
-                }
-                std::fs::remove_file(path).map_err(bind_err)?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(bind_err(e)),
+            Probe::Live => return Ok(Bound::Foreign(path.to_owned())),
+            Probe::Stale => std::fs::remove_file(path).map_err(bind_err)?,
+            Probe::Absent => {}
         }
-        let std_listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_err)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+        let fd = sockpath::bind_listen(path, 0o600).map_err(bind_err)?;
+        let std_listener = std::os::unix::net::UnixListener::from(fd);
         std_listener.set_nonblocking(true).map_err(bind_err)?;
         let listener = UnixListener::from_std(std_listener).map_err(bind_err)?;
         Ok(Bound::Relay(Relay::Unix {

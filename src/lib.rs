@@ -17,6 +17,8 @@ pub mod oem;
 pub mod plan;
 pub mod qemu;
 pub mod render;
+pub mod scrub;
+pub mod sockpath;
 pub mod supervisor;
 pub mod sys;
 pub mod vsock;

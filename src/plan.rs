@@ -127,6 +127,8 @@ pub struct Plan {
     pub credential_count: usize,
     pub budget: usize,
     pub api_source: ApiSource,
+    /// `--api-socket-group-access`.
+    pub api_socket_group_access: bool,
     pub own_event_monitor: bool,
     pub create: Option<CreatePlan>,
     pub ready: Ready,
@@ -395,6 +397,7 @@ impl Plan {
             strings,
             budget: args.smbios_budget,
             api_source,
+            api_socket_group_access: args.api_socket_group_access,
             create,
             ready: args.ready,
             guest_notify,
@@ -519,6 +522,7 @@ impl Plan {
             strings,
             budget: args.smbios_budget,
             api_source: ApiSource::Default,
+            api_socket_group_access: args.api_socket_group_access,
             own_event_monitor: false,
             create: None,
             ready: args.ready,
@@ -726,19 +730,16 @@ impl Plan {
         }
     }
 
-    /// Replaces every secret's value in `text` (an error from the hypervisor, say) by its size.
+    /// Replaces every secret's value in `text` (an error from the hypervisor, say) in any of
+    /// its forms (`crate::scrub`) by its size. Needs the secrets: call before `forget_secrets`.
     pub fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for o in self.strings.iter().filter(|o| o.is_confidential()) {
-            let full = String::from_utf8_lossy(o.expose()).into_owned();
-            out = out.replace(&full, &o.redacted());
-            if let Some((_, value)) = full.split_once('=') {
-                if value.len() >= 4 {
-                    out = out.replace(value, "<redacted>");
-                }
-            }
-        }
-        out
+        let needles: Vec<_> = self
+            .strings
+            .iter()
+            .filter(|o| o.is_confidential())
+            .flat_map(crate::scrub::needles_of)
+            .collect();
+        crate::scrub::scrub(text, &needles)
     }
 
     /// Drops the secrets once they have been handed over.

@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -46,12 +45,12 @@ pub struct ChBackend {
 
 fn api_socket(plan: &Plan, env: &HostEnv) -> Result<ApiSocket, ApiSocketError> {
     // Socket activation wins: the .socket unit owns the path and keeps it across our restarts.
-    if let Some(s) = ApiSocket::from_activation(env)? {
+    if let Some(s) = ApiSocket::from_activation(env, plan.api_socket_group_access)? {
         return Ok(s);
     }
     match &plan.api_source {
         ApiSource::Path(p) => ApiSocket::bind_path(p),
-        ApiSource::Fd(fd) => ApiSocket::from_inherited_fd(*fd),
+        ApiSource::Fd(fd) => ApiSocket::from_inherited_fd(*fd, plan.api_socket_group_access),
         ApiSource::Default => ApiSocket::bind_private(env),
     }
 }
@@ -92,7 +91,7 @@ impl ChBackend {
             plan.redacted_child_args(ch, &fds)?.join(" ")
         );
         let args = plan.child_args(ch, &fds)?;
-        let client = ApiClient::new(api.connect_to.clone(), SHORT_REQUEST_TIMEOUT);
+        let client = ApiClient::new(api.connect_to.clone(), api.peer, SHORT_REQUEST_TIMEOUT);
         Ok((
             ChBackend {
                 api,
@@ -165,7 +164,6 @@ impl ChBackend {
                 },
                 result = maybe(&mut self.boot_fut) => {
                     self.boot_fut = None;
-                    self.pending.push_back(BackendEvent::Handed);
                     match result {
                         Ok(()) => {
                             self.pending.push_back(BackendEvent::Info(
@@ -182,6 +180,9 @@ impl ChBackend {
                             msg: format!("could not boot the VM: {e}"),
                         }),
                     }
+                    // After the failure: its text may quote the values, and the supervisor
+                    // can scrub them only while it still has them (#11).
+                    self.pending.push_back(BackendEvent::Handed);
                 },
                 _ = sleep_until(if self.info_fut.is_none() { self.info_next } else { None }) => {
                     let c = self.client.clone();
@@ -238,10 +239,10 @@ async fn read_events(
     }
 }
 
-/// Removes a socket nobody listens on; leaves anything else alone.
+/// Removes a socket nobody listens on; leaves anything else alone (a live one, or one whose
+/// state the probe cannot tell, such as EACCES).
 fn remove_stale_socket(path: &Path) {
-    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
-    if is_socket && std::os::unix::net::UnixStream::connect(path).is_err() {
+    if let Ok(crate::sockpath::Probe::Stale) = crate::sockpath::probe(path) {
         let _ = std::fs::remove_file(path);
     }
 }
