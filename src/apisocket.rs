@@ -245,8 +245,10 @@ impl ApiSocket {
             })
         };
         made().inspect_err(|_| {
-            // An fd limit hit in socket(), say: leave no empty api.PID behind (#11).
-            let _ = std::fs::remove_dir_all(&dir);
+            // An fd limit hit in socket(), say: leave no empty api.PID behind (#11). By name,
+            // since remove_dir_all needs an fd.
+            let _ = std::fs::remove_file(dir.join("api.sock"));
+            let _ = std::fs::remove_dir(&dir);
         })
     }
 
@@ -259,9 +261,22 @@ impl ApiSocket {
                 let _ = std::fs::remove_file(p);
             }
             Cleanup::RemoveDir(d) => {
-                let _ = std::fs::remove_dir_all(d);
+                // By name first: remove_dir_all needs an fd, and the fd limit may be why we
+                // are cleaning up.
+                let _ = std::fs::remove_file(d.join("api.sock"));
+                if std::fs::remove_dir(&d).is_err() {
+                    let _ = std::fs::remove_dir_all(d);
+                }
             }
         }
+    }
+}
+
+/// A start that fails after the socket was made (the event pipe, the spawn) leaves nothing
+/// behind either (#11).
+impl Drop for ApiSocket {
+    fn drop(&mut self) {
+        self.cleanup();
     }
 }
 

@@ -293,6 +293,56 @@ mod tests {
         assert!(!p.exists(), "the socket goes with the relay");
     }
 
+    /// #11: the relay socket is never on disk with the umask's mode, not even for a moment.
+    /// Sets the process umask to 0 (nextest runs each test in its own process).
+    #[test]
+    fn the_relay_socket_is_never_wider_than_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("n_8888");
+        let stop = Arc::new(AtomicBool::new(false));
+        let wider = Arc::new(Mutex::new(Vec::new()));
+        let watcher = {
+            let (p, stop, wider) = (p.clone(), stop.clone(), wider.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(m) = std::fs::symlink_metadata(&p) {
+                        let mode = m.permissions().mode() & 0o777;
+                        if mode != 0o600 {
+                            wider.lock().unwrap().push(mode);
+                        }
+                    }
+                }
+            })
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let plan = GuestNotifyPlan::Hybrid {
+            listen_path: p.clone(),
+        };
+        rt.block_on(async {
+            for _ in 0..300 {
+                let Bound::Relay(relay) = Relay::bind(&plan).unwrap() else {
+                    panic!("fresh path")
+                };
+                drop(relay);
+            }
+        });
+        stop.store(true, Ordering::Relaxed);
+        watcher.join().unwrap();
+        let wider = wider.lock().unwrap();
+        assert!(
+            wider.is_empty(),
+            "modes seen: {:?}",
+            &wider[..wider.len().min(5)]
+        );
+    }
+
     #[test]
     fn a_live_listener_is_left_alone_and_a_stale_one_replaced() {
         let d = tempfile::tempdir().unwrap();

@@ -127,8 +127,11 @@ impl TempDir {
 }
 
 impl Drop for TempDir {
+    /// unlink and rmdir by name: remove_dir_all needs an fd, and running out of fds is one of
+    /// the errors this cleans up after.
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(self.0.join("s"));
+        let _ = std::fs::remove_dir(&self.0);
     }
 }
 
