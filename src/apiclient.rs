@@ -233,12 +233,13 @@ fn error_strings(body: &[u8]) -> Vec<String> {
     if let Ok(list) = serde_json::from_slice::<Vec<String>>(body) {
         return list;
     }
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    if text.is_empty() {
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    let trimmed = text.trim().to_owned();
+    zeroize::Zeroize::zeroize(&mut text);
+    if trimmed.is_empty() {
         return vec!["(no error text)".into()];
     }
-    vec![text.to_owned()]
+    vec![trimmed]
 }
 
 /// A request body that is handed to hyper whole and zeroed when hyper drops it. hyper queues a
@@ -424,5 +425,16 @@ mod tests {
         );
         assert_eq!(error_strings(b"  plain  "), vec!["plain"]);
         assert_eq!(error_strings(b""), vec!["(no error text)"]);
+        // Not cut to a length: a value cut in two would no longer be found by the scrubber.
+        let long = "x".repeat(MAX_ERROR_TEXT);
+        assert_eq!(error_strings(long.as_bytes()), vec![long.clone()]);
+        let longer = format!("{long}y");
+        assert_eq!(
+            error_strings(longer.as_bytes()),
+            vec![format!(
+                "(an error text of {} bytes, not shown: over {MAX_ERROR_TEXT})",
+                MAX_ERROR_TEXT + 1
+            )]
+        );
     }
 }

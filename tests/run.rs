@@ -643,7 +643,7 @@ fn value_forms(value: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     if std::str::from_utf8(value).is_err() {
         forms.push(("lossy", text.clone().into_bytes()));
     }
-    let unquote = |s: String| s[1..s.len() - 1].as_bytes().to_vec();
+    let unquote = |s: String| s.as_bytes()[1..s.len() - 1].to_vec();
     forms.push(("json", unquote(serde_json::to_string(&text).unwrap())));
     forms.push(("debug", unquote(format!("{text:?}"))));
     let ascii: String = text

@@ -255,10 +255,12 @@ fn connection(stream: UnixStream) {
             } else {
                 json!([format!("Error from API: fake failure on {route}")])
             };
-            if knobs.api_error_echo {
-                if let (Some(list), Some(body)) = (msg.as_array_mut(), req.body.as_deref()) {
-                    list.extend(echo_forms(body).into_iter().map(serde_json::Value::from));
-                }
+            if let (true, Some(list), Some(body)) = (
+                knobs.api_error_echo,
+                msg.as_array_mut(),
+                req.body.as_deref(),
+            ) {
+                list.extend(echo_forms(body).into_iter().map(serde_json::Value::from));
             }
             (status, Some(msg.to_string().into_bytes()), false)
         } else {
@@ -316,17 +318,18 @@ fn echo_forms(body: &[u8]) -> Vec<String> {
         ));
         if let Some((head, value)) = s.split_once('=') {
             out.push(format!("value (base64): {}", b64.encode(value)));
-            if head.starts_with("io.systemd.credential.binary:") {
-                if let Ok(raw) = b64.decode(value) {
-                    out.push(format!(
-                        "value (decoded): {}",
-                        String::from_utf8_lossy(&raw)
-                    ));
-                    out.push(format!(
-                        "value (decoded, Debug): {:?}",
-                        String::from_utf8_lossy(&raw)
-                    ));
-                }
+            if let (true, Ok(raw)) = (
+                head.starts_with("io.systemd.credential.binary:"),
+                b64.decode(value),
+            ) {
+                out.push(format!(
+                    "value (decoded): {}",
+                    String::from_utf8_lossy(&raw)
+                ));
+                out.push(format!(
+                    "value (decoded, Debug): {:?}",
+                    String::from_utf8_lossy(&raw)
+                ));
             }
         }
     }
