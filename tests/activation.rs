@@ -176,11 +176,6 @@ fn activate_after(
     (code, stderr_of(&mut child))
 }
 
-fn chmod(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
 /// #11: a .socket unit without SocketMode= (systemd's default is 0666) lets every local user
 /// read the secrets with `GET vm.info`: refused before the hypervisor starts.
 #[test]
@@ -266,10 +261,6 @@ fn with_listen_fd(rig: &Rig, listener: std::os::unix::net::UnixListener) -> Chil
     );
     cmd.stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)));
     cmd.spawn().unwrap()
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 /// #11: an abstract socket has no permissions at all.

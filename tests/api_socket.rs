@@ -4,7 +4,6 @@
 mod common;
 
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,12 +23,19 @@ fn vm_args_with_socket(rig: &Rig, sock: &Path) -> Vec<String> {
     args
 }
 
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
+fn run_with_socket(rig: &Rig, sock: &Path) -> std::process::Child {
+    rig.command("run", &[], &strs(&vm_args_with_socket(rig, sock)))
+        .spawn()
+        .unwrap()
 }
 
-fn chmod(p: &Path, mode: u32) {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+/// Runs to a refused start; returns stderr.
+fn refused_with_socket(rig: &Rig, sock: &Path) -> String {
+    let mut child = run_with_socket(rig, sock);
+    let code = wait_exit(&mut child, T).code();
+    let stderr = stderr_of(&mut child);
+    assert_eq!(code, Some(125), "{stderr}");
+    stderr
 }
 
 /// #11: in a directory another user can write (or owns), that user could rename the socket
@@ -56,12 +62,7 @@ fn a_directory_another_user_controls_is_refused_before_binding() {
             nix::unistd::chown(&dir, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
         }
         let sock = dir.join("vm.sock");
-        let mut child = rig
-            .command("run", &[], &strs(&vm_args_with_socket(&rig, &sock)))
-            .spawn()
-            .unwrap();
-        assert_eq!(wait_exit(&mut child, T).code(), Some(125));
-        let stderr = stderr_of(&mut child);
+        let stderr = refused_with_socket(&rig, &sock);
         assert!(
             stderr.contains(&format!(
                 "refusing the API socket {}: directory {} {expect}",
@@ -81,10 +82,7 @@ fn a_directory_another_user_controls_is_refused_before_binding() {
     nix::unistd::chown(&dir, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
     chmod(&dir, 0o1777);
     let sock = dir.join("vm.sock");
-    let mut child = rig
-        .command("run", &[], &strs(&vm_args_with_socket(&rig, &sock)))
-        .spawn()
-        .unwrap();
+    let mut child = run_with_socket(&rig, &sock);
     rig.notify.wait_for("READY=1", T).expect("READY=1");
     signal(&child, Signal::SIGTERM);
     assert_eq!(wait_exit(&mut child, T).code(), Some(0));
@@ -97,10 +95,7 @@ fn a_replaced_api_socket_gets_nothing() {
     let mut rig = Rig::new();
     rig.add_credential("k", b"peer-check-secret");
     let sock = rig.path("vm.sock");
-    let mut child = rig
-        .command("run", &[], &strs(&vm_args_with_socket(&rig, &sock)))
-        .spawn()
-        .unwrap();
+    let mut child = run_with_socket(&rig, &sock);
     rig.notify.wait_for("READY=1", T).expect("READY=1");
     // The attacker moves the real socket aside and listens at its path (here the test
     // process, another pid than credbridge's).
@@ -168,12 +163,7 @@ fn a_live_api_socket_with_a_full_backlog_is_in_use_at_once() {
     let sock = rig.path("vm.sock");
     let _held = full_listener(&sock);
     let t = Instant::now();
-    let mut child = rig
-        .command("run", &[], &strs(&vm_args_with_socket(&rig, &sock)))
-        .spawn()
-        .unwrap();
-    assert_eq!(wait_exit(&mut child, T).code(), Some(125));
-    let stderr = stderr_of(&mut child);
+    let stderr = refused_with_socket(&rig, &sock);
     assert!(stderr.contains("is in use by another process"), "{stderr}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert!(sock.exists());

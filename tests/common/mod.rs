@@ -374,3 +374,12 @@ pub fn http_get(sock: &Path, path: &str) -> String {
     let _ = s.read_to_string(&mut out);
     out
 }
+
+pub fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+pub fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
