@@ -314,6 +314,49 @@ mod tests {
     }
 
     #[test]
+    fn every_form_of_a_credential_is_a_needle() {
+        use crate::credentials::{Credential, Secret};
+        use base64::Engine;
+        let cred = |value: &[u8]| Credential {
+            name: "k".into(),
+            guest_name: "k".into(),
+            value: Secret::new(Zeroizing::new(value.to_vec())),
+        };
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let raw = b"\x00bin\xffary";
+        let bin = OemString::from_credential(&cred(raw), true);
+        let needles = needles_of(&bin);
+        let text = format!(
+            "{} | {} | {:?} | {}",
+            b64.encode(raw),
+            String::from_utf8_lossy(raw),
+            String::from_utf8_lossy(raw),
+            b64.encode(b64.encode(raw)),
+        );
+        let out = scrub(&text, &needles);
+        assert_eq!(
+            out, "<redacted> | <redacted> | \"<redacted>\" | <redacted>",
+            "{text:?}"
+        );
+        let plain = OemString::from_credential(&cred(b"plain-value"), true);
+        let out = scrub(
+            &format!(
+                "{} {}",
+                b64.encode("plain-value"),
+                String::from_utf8_lossy(plain.expose())
+            ),
+            &needles_of(&plain),
+        );
+        assert_eq!(
+            out,
+            "<redacted>= io.systemd.credential:k=<redacted 11 bytes>"
+        );
+        // Short values are found only within the whole string.
+        let short = OemString::from_credential(&cred(b"abc"), true);
+        assert_eq!(scrub("abc", &needles_of(&short)), "abc");
+    }
+
+    #[test]
     fn byte_string_debug_is_found() {
         let n = [Needle::new(
             Zeroizing::new(vec![0xff, 0x00, b'a', b'b', 0x7f]),

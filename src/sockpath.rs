@@ -346,6 +346,30 @@ mod tests {
     }
 
     #[test]
+    fn reach_counts_the_socket_mode_unless_a_directory_shuts_others_out() {
+        let d = tempfile::tempdir().unwrap();
+        let chmod =
+            |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        chmod(d.path(), 0o755);
+        let p = d.path().join("s");
+        let _l = UnixListener::bind(&p).unwrap();
+        let gid = std::fs::metadata(&p).unwrap().gid();
+        for (sock, dir, want) in [
+            (0o600, 0o755, Reach::OwnerOnly),
+            (0o644, 0o755, Reach::OwnerOnly),
+            (0o660, 0o755, Reach::Group(gid)),
+            (0o666, 0o755, Reach::Everyone),
+            (0o666, 0o711, Reach::Everyone),
+            (0o666, 0o750, Reach::Group(gid)),
+            (0o777, 0o700, Reach::OwnerOnly),
+        ] {
+            chmod(&p, sock);
+            chmod(d.path(), dir);
+            assert_eq!(reach(&p).unwrap(), want, "socket {sock:o} in {dir:o}");
+        }
+    }
+
+    #[test]
     fn dir_chain_rules() {
         let d = tempfile::tempdir().unwrap();
         let ok = d.path().join("ok");
