@@ -1,15 +1,18 @@
-# services.credbridge: secrets for microvm.nix cloud-hypervisor VMs, handed to
-# the guest as SMBIOS type 11 OEM strings (systemd system credentials).
+# services.credbridge: secrets for microvm.nix VMs (cloud-hypervisor and QEMU),
+# handed to the guest's systemd as system credentials (SMBIOS type 11 OEM
+# strings or fw_cfg, as credbridge chooses).
 #
 # For every VM in services.credbridge.vms this module
-#   - sets the guest's `microvm.cloud-hypervisor.package` to a wrapper
-#     (./wrapper.nix) whose bin/cloud-hypervisor execs
-#     `credbridge run ... -- <real cloud-hypervisor> "$@"`, through
+#   - sets the guest's `microvm.cloud-hypervisor.package` or
+#     `microvm.qemu.package` (by its microvm.hypervisor) to a wrapper
+#     (./wrapper.nix) whose bin/cloud-hypervisor or bin/qemu-system-<arch> execs
+#     `credbridge run ... -- <real hypervisor> "$@"`, through
 #     `microvm.vms.<name>.extraModules`;
 #   - adds to microvm.nix's per-VM drop-in of `microvm@<name>.service`:
 #     `LoadCredential(Encrypted)=` for each credential, `Type=notify`,
-#     `NotifyAccess=main`, `KillMode=mixed`, a reset `ExecStop=` and a
-#     `TimeoutStopSec=` above credbridge's own stop sequence.
+#     `NotifyAccess=main`, `KillMode=mixed`, a reset `ExecStop=`, a
+#     `TimeoutStopSec=` above credbridge's own stop sequence, and the wrapper
+#     as a restart trigger.
 # No new units: microvm.nix's template stays in charge of everything else.
 #
 # Importable alone (`imports = [ ./nixos/module.nix ];`) next to microvm.nix's
@@ -41,9 +44,25 @@ let
 
   sources = cred: lib.filter (n: cred.${n} != null) [ "encryptedFile" "credstore" "file" ];
 
-  # "/etc/x" -> ok; ./x (a path literal: Nix copies it to the store when the
-  # unit text is built) or "/nix/store/..." -> not ok.
-  outsideStore = p: !(builtins.isPath p) && !(lib.hasPrefix "${builtins.storeDir}/" (toString p));
+  # "/etc/x" -> yes. ./x (a path literal: Nix copies it into the store as soon
+  # as it is used in a string), "/nix/store/..." (also "/nix//store", "/etc/../nix/store",
+  # once normalised) and "x/y" -> no. nixpkgs' types.externalPath (lib 25.11 and
+  # later) has the same rule; this one is used everywhere so that every lib
+  # gives the same answer and the error names the reason.
+  isExternalPath =
+    p:
+    builtins.isString p
+    && lib.hasPrefix "/" p
+    && !(lib.hasPrefix "${builtins.storeDir}/" (toString (/. + builtins.unsafeDiscardStringContext p)));
+  externalPath = lib.mkOptionType {
+    name = "externalPath";
+    description =
+      "absolute path outside the Nix store, given as a string "
+      + "(the store is world-readable, and a path literal would be copied into it)";
+    descriptionClass = "noun";
+    check = isExternalPath;
+    merge = lib.mergeEqualOption;
+  };
 
   # The `LoadCredential(Encrypted)=` value for one credential.
   # A bare name (credstore = the credential's own name) is the terse form: PID 1
@@ -64,15 +83,25 @@ let
     lib.mapAttrsToList loadCredentialValue (
       lib.filterAttrs (_: c: c.encryptedFile != null || c.credstore != null) vm.credentials
     );
+  # Plain files: the `file` credentials and the guest's taken-over
+  # microvm.credentialFiles.
   plainLines =
-    vm: lib.mapAttrsToList loadCredentialValue (lib.filterAttrs (_: c: c.file != null) vm.credentials);
+    vm: takenOver:
+    lib.mapAttrsToList loadCredentialValue (lib.filterAttrs (_: c: c.file != null) vm.credentials)
+    ++ lib.mapAttrsToList (n: p: "${n}:${toString p}") takenOver;
+
+  # The guest's own microvm.credentialFiles: NAME = PATH.
+  credentialFilesOf = guest: guest.microvm.credentialFiles or { };
+
+  # The hypervisors the module wraps; each is also the name of the guest's
+  # option set that holds its package (microvm.<hypervisor>.package).
+  supported = [ "cloud-hypervisor" "qemu" ];
 
   # credbridge's options for one VM, placed before `--` by ./wrapper.nix.
   credbridgeFlags =
-    vm:
-    [
-      "--delivery"
-      vm.delivery
+    hypervisor: vm: takenOver:
+    lib.optionals (hypervisor == "cloud-hypervisor") [ "--delivery" vm.delivery ]
+    ++ [
       "--ready"
       vm.ready
       "--smbios-budget"
@@ -93,35 +122,80 @@ let
         ]
       ) vm.credentials
     )
+    ++ lib.concatMap (n: [ "--credential" n ]) (builtins.attrNames takenOver)
     ++ lib.concatMap (s: [ "--oem-string" s ]) vm.oemStrings
     ++ lib.optionals (vm.logLevel != null) [ "--log-level" vm.logLevel ]
     ++ vm.extraFlags;
 
+  # ./wrapper.nix around `args.unwrapped`. microvm.nix's QEMU runner calls
+  # `.override` (microvm.optimize.enable, on by default) and `.overrideAttrs`
+  # (USB devices) on the package it is given, and reads its `configureFlags`:
+  # these reach the real package, and the wrapper is built again around the
+  # result. (callPackage's own `.override` would pass the arguments to
+  # wrapper.nix, which has no use for them.)
+  wrapHypervisor =
+    hostPkgs: args:
+    let
+      wrapped =
+        unwrapped:
+        hostPkgs.callPackage ./wrapper.nix (args // { inherit unwrapped; })
+        // {
+          override = f: wrapped (unwrapped.override f);
+          overrideAttrs = f: wrapped (unwrapped.overrideAttrs f);
+        };
+    in
+    wrapped args.unwrapped;
+
   # The module added to the guest's configuration. It runs in the guest's
-  # module system, so `config` here is the guest's.
+  # module system, so `config` and `pkgs` here are the guest's.
   guestModule =
     name: vm:
     { config, pkgs, ... }:
     let
       hostPkgs = config.microvm.vmHostPackages or pkgs;
-      # microvm.nix's own default for microvm.cloud-hypervisor.package.
-      realPackage =
-        if vm.hypervisorPackage != null then
-          vm.hypervisorPackage
+      hypervisor = config.microvm.hypervisor;
+      # microvm.nix's own defaults for microvm.cloud-hypervisor.package and
+      # microvm.qemu.package (nixos-modules/microvm/options.nix).
+      defaultPackage =
+        if hypervisor == "qemu" then
+          (
+            if (config.microvm.cpu or null) == null && hostPkgs.stdenv.hostPlatform.isLinux then
+              hostPkgs.qemu_kvm
+            else
+              hostPkgs.qemu
+          )
         else if config.microvm.graphics.enable or false then
           hostPkgs.cloud-hypervisor-graphics
         else
           hostPkgs.cloud-hypervisor;
+      wrapper = wrapHypervisor hostPkgs {
+        credbridge = cfg.package;
+        inherit hypervisor;
+        unwrapped = if vm.hypervisorPackage != null then vm.hypervisorPackage else defaultPackage;
+        # What microvm.nix's runners exec: lib/runners/qemu.nix runs
+        # "${qemu}/bin/qemu-system-${arch}", arch from the guest's system.
+        binary =
+          if hypervisor == "qemu" then
+            "qemu-system-${builtins.head (lib.splitString "-" pkgs.stdenv.hostPlatform.system)}"
+          else
+            "cloud-hypervisor";
+        vmName = name;
+        flags = credbridgeFlags hypervisor vm (takenOverOf hypervisor config);
+        prettyProcname = config.microvm.prettyProcnames or true;
+        takenOverCredentialFiles = takenOverOf hypervisor config;
+      };
     in
     {
-      microvm.cloud-hypervisor.package = hostPkgs.callPackage ./wrapper.nix {
-        credbridge = cfg.package;
-        cloud-hypervisor = realPackage;
-        vmName = name;
-        flags = credbridgeFlags vm;
-        prettyProcname = config.microvm.prettyProcnames or true;
-      };
+      # mkIf: only the package of the VM's hypervisor is replaced, so a guest
+      # may still set the other one (a shared base configuration, say).
+      microvm.cloud-hypervisor.package = lib.mkIf (hypervisor == "cloud-hypervisor") wrapper;
+      microvm.qemu.package = lib.mkIf (hypervisor == "qemu") wrapper;
     };
+
+  # microvm.credentialFiles taken over for a QEMU guest. For cloud-hypervisor
+  # microvm.nix refuses credentialFiles itself, and an assertion says what to
+  # use instead.
+  takenOverOf = hypervisor: guest: if hypervisor == "qemu" then credentialFilesOf guest else { };
 
   # The VM's evaluated guest configuration. For a VM that microvm.vms does not
   # declare with `config`, evaluating it raises missingVm (see microvm.vms below).
@@ -137,8 +211,8 @@ let
     + (
       if flake != null then
         "A VM built from microvm.vms.${name}.flake does not take modules from the host: "
-        + "set microvm.cloud-hypervisor.package in the VM's own configuration with "
-        + "nixos/wrapper.nix and the unit settings of units/microvm@.service.d/credbridge.conf "
+        + "set microvm.cloud-hypervisor.package or microvm.qemu.package in the VM's own "
+        + "configuration with nixos/wrapper.nix and the unit settings of units/microvm@.service.d/credbridge.conf "
         + "instead, and disable services.credbridge.vms.${name}."
       else
         "Declare the VM with microvm.vms.${name}.config (a VM given as evaluatedConfig "
@@ -150,7 +224,7 @@ let
     {
       options = {
         encryptedFile = lib.mkOption {
-          type = lib.types.nullOr lib.types.path;
+          type = lib.types.nullOr externalPath;
           default = null;
           example = "/etc/credstore.encrypted/myvm.api-key";
           description = ''
@@ -160,7 +234,8 @@ let
             VM's unit starts.
 
             Give it as a string. A Nix path literal (`./x.cred`) would be copied
-            into the world-readable Nix store, and is refused.
+            into the world-readable Nix store, and is refused by the type, as
+            is a relative path or one in the store.
           '';
         };
         credstore = lib.mkOption {
@@ -182,7 +257,7 @@ let
           '';
         };
         file = lib.mkOption {
-          type = lib.types.nullOr lib.types.path;
+          type = lib.types.nullOr externalPath;
           default = null;
           example = "/run/secrets/myvm-api-key";
           description = ''
@@ -227,8 +302,15 @@ let
           description = ''
             Credentials handed to the guest, by the name the VM's unit loads them
             under. Each needs exactly one of `encryptedFile`, `credstore` or
-            `file`. Guests with systemd before 257 read at most 4 KiB of OEM
-            strings in total (see `smbiosBudget`).
+            `file`. Over SMBIOS, guests with systemd before 257 read at most
+            4 KiB of OEM strings in total (see `smbiosBudget`); QEMU VMs also
+            have fw_cfg, which credbridge uses where the machine has no SMBIOS
+            (QEMU's `microvm` machine, microvm.nix's default on x86_64) or a
+            credential does not fit.
+
+            For a QEMU VM the guest's own `microvm.credentialFiles` are taken
+            over too: each becomes a `LoadCredential=` line of the unit and is
+            handed over by credbridge, and QEMU no longer opens the file.
           '';
         };
 
@@ -246,10 +328,12 @@ let
           type = lib.types.enum [ "api" "argv" ];
           default = "api";
           description = ''
-            How credbridge gives cloud-hypervisor the VM and its OEM strings:
-            `api` through cloud-hypervisor's REST API on the VM's API socket
-            (the secrets never appear in any process's argv), `argv` by adding
-            them to the command line (visible in `ps` to every local user).
+            cloud-hypervisor only. How credbridge gives cloud-hypervisor the VM
+            and its OEM strings: `api` through cloud-hypervisor's REST API on
+            the VM's API socket (the secrets never appear in any process's
+            argv), `argv` by adding them to the command line (visible in `ps`
+            to every local user). QEMU always gets them through sealed memfds;
+            `argv` is refused for QEMU VMs.
           '';
         };
 
@@ -259,8 +343,8 @@ let
           description = ''
             When the unit reports READY=1: `booted` once the VM was created and
             booted; `guest` once the guest's own systemd (253 or later) sends
-            READY=1 over vsock. `guest` needs `vsockCid`, with the VM's
-            `microvm.vsock.cid` left unset.
+            READY=1 over vsock. `guest` needs a vsock device: `vsockCid`, or
+            for QEMU VMs also the VM's `microvm.vsock.cid`.
           '';
         };
 
@@ -282,9 +366,21 @@ let
           description = ''
             AF_VSOCK context ID for the guest, given to credbridge
             (`--vsock-cid`), which adds the vsock device and listens for the
-            guest's READY=1 itself. Use it instead of the VM's
-            `microvm.vsock.cid`: with that set, microvm.nix starts its own relay
-            for the guest's notifications, which needs NotifyAccess=all.
+            guest's READY=1 itself. Not together with the VM's
+            `microvm.vsock.cid`.
+
+            cloud-hypervisor: use this, not `microvm.vsock.cid`: with that set,
+            microvm.nix starts its own relay for the guest's notifications,
+            which needs NotifyAccess=all (and microvm.nix warns when it is
+            unset; see the README).
+
+            QEMU: either works (microvm.nix starts no relay for QEMU). With
+            this one credbridge claims the CID on /dev/vhost-vsock before QEMU
+            starts and adds `-device vhost-vsock-pci`, which needs a PCI bus:
+            on the `microvm` machine microvm.nix enables PCI only for shares,
+            graphics or PCI devices, so without those set
+            `microvm.vsock.cid` instead (microvm.nix then picks the device
+            type).
           '';
         };
 
@@ -292,10 +388,11 @@ let
           type = lib.types.ints.between 1 65535;
           default = 4096;
           description = ''
-            Bytes of OEM strings credbridge accepts before refusing to start the
-            VM. Guests with systemd 252-256 read only the first 4096 bytes of the
-            SMBIOS type 11 table and silently cut or drop the rest; raise this
-            only for guests with systemd 257 or later.
+            Bytes of SMBIOS type 11 OEM strings credbridge allows. Guests with
+            systemd 252-256 read only the first 4096 bytes of the table and
+            silently cut or drop the rest; raise this only for guests with
+            systemd 257 or later. What does not fit goes over fw_cfg on QEMU
+            VMs, and is refused on cloud-hypervisor VMs without it.
           '';
         };
 
@@ -303,22 +400,26 @@ let
           type = lib.types.ints.positive;
           default = 30;
           description = ''
-            Seconds between the ACPI power button and SIGTERM to cloud-hypervisor
-            when the unit stops (SIGKILL follows 10 s later). The unit's
-            TimeoutStopSec= is set to this plus 15.
+            Seconds the guest gets after the ACPI power button when the unit
+            stops. Then cloud-hypervisor gets SIGTERM and 10 s later SIGKILL
+            (TimeoutStopSec= is this plus 15); QEMU gets QMP `quit`, 5 s later
+            SIGTERM and 10 s after that SIGKILL (TimeoutStopSec= is this plus
+            20).
           '';
         };
 
         hypervisorPackage = lib.mkOption {
           type = lib.types.nullOr lib.types.package;
           default = null;
-          example = lib.literalExpression "pkgs.cloud-hypervisor";
+          example = lib.literalExpression "pkgs.qemu";
           description = ''
-            The cloud-hypervisor package credbridge starts. Null: microvm.nix's
-            default for the VM (cloud-hypervisor, or cloud-hypervisor-graphics
-            with microvm.graphics.enable). Set it here, not in the VM's
-            `microvm.cloud-hypervisor.package`, which this module sets to the
-            credbridge wrapper.
+            The hypervisor package credbridge starts, for the VM's
+            `microvm.hypervisor`. Null: microvm.nix's default for the VM
+            (cloud-hypervisor, or cloud-hypervisor-graphics with
+            microvm.graphics.enable; qemu_kvm, or qemu with microvm.cpu set).
+            Set it here, not in the VM's `microvm.cloud-hypervisor.package` or
+            `microvm.qemu.package`, which this module sets to the credbridge
+            wrapper.
           '';
         };
 
@@ -341,37 +442,111 @@ let
     name: vm:
     let
       opt = "services.credbridge.vms.${attrPath name}";
+      gopt = "microvm.vms.${attrPath name}.config.microvm";
       guest = guestOf name;
       hypervisor = guest.microvm.hypervisor;
+      isQemu = hypervisor == "qemu";
       guestCid = guest.microvm.vsock.cid or null;
       extraArgs = guest.microvm.cloud-hypervisor.extraArgs or [ ];
+      credentialFiles = credentialFilesOf guest;
+      # lib/runners/qemu.nix's requirePci: without it the `microvm` machine
+      # runs with pcie=off, and has no PCI bus.
+      qemuHasPci =
+        let
+          machine = guest.microvm.qemu.machine or "microvm";
+        in
+        !(lib.hasPrefix "microvm" machine)
+        || (guest.microvm.graphics.enable or false)
+        || (guest.microvm.shares or [ ]) != [ ]
+        || lib.any (d: (d.bus or null) == "pci") (guest.microvm.devices or [ ]);
+      # The names the guest would see, from the module's credentials.
+      guestNames = lib.mapAttrsToList (n: c: if c.guestName != null then c.guestName else n) vm.credentials;
     in
     [
       {
-        assertion = hypervisor == "cloud-hypervisor";
+        assertion = builtins.elem hypervisor supported;
         message =
-          "${opt}.enable needs microvm.vms.${name}.config.microvm.hypervisor = "
-          + "\"cloud-hypervisor\"; it is \"${hypervisor}\".";
+          "${opt}.enable needs ${gopt}.hypervisor = \"cloud-hypervisor\" or \"qemu\"; "
+          + "it is \"${hypervisor}\".";
       }
       {
-        assertion = vm.ready != "guest" || vm.vsockCid != null;
+        assertion = !(isQemu && vm.delivery == "argv");
         message =
-          "${opt}.ready = \"guest\" needs ${opt}.vsockCid: credbridge adds the vsock "
-          + "device and listens for the guest's READY=1 itself."
+          "${opt}.delivery = \"argv\" is for cloud-hypervisor only, and ${gopt}.hypervisor is "
+          + "\"qemu\": QEMU always gets the credentials through sealed memfds. Remove ${opt}.delivery.";
+      }
+      {
+        assertion = vm.ready != "guest" || vm.vsockCid != null || (isQemu && guestCid != null);
+        message =
+          "${opt}.ready = \"guest\" needs ${opt}.vsockCid"
+          + lib.optionalString isQemu " (or ${gopt}.vsock.cid)"
+          + ": credbridge listens on the vsock device for the guest's READY=1."
           + lib.optionalString (guestCid != null) (
-            " Move the CID there from microvm.vms.${name}.config.microvm.vsock.cid "
-            + "(${toString guestCid}) and set that to null."
+            " Move the CID there from ${gopt}.vsock.cid (${toString guestCid}) and set that to null."
           );
       }
       {
         assertion = vm.vsockCid == null || (guestCid == null && !(builtins.elem "--vsock" extraArgs));
         message =
-          "${opt}.vsockCid and microvm.vms.${name}.config.microvm.vsock.cid (or --vsock in "
-          + "microvm.vms.${name}.config.microvm.cloud-hypervisor.extraArgs) are both set. "
-          + "Set only ${opt}.vsockCid: microvm.nix's vsock relay would take the guest's "
-          + "READY=1 (it needs NotifyAccess=all, and this module sets main).";
+          "${opt}.vsockCid and ${gopt}.vsock.cid"
+          + lib.optionalString (!isQemu) " (or --vsock in ${gopt}.cloud-hypervisor.extraArgs)"
+          + " are both set. Set only one"
+          + (
+            if isQemu then
+              ": the VM would get two vsock devices."
+            else
+              ", ${opt}.vsockCid: microvm.nix's vsock relay would take the guest's READY=1 "
+              + "(it needs NotifyAccess=all, and this module sets main)."
+          );
+      }
+      {
+        assertion = !(isQemu && vm.vsockCid != null && !qemuHasPci);
+        message =
+          "${opt}.vsockCid: credbridge adds -device vhost-vsock-pci, and this VM's QEMU has no PCI bus "
+          + "(${gopt}.qemu.machine is \"${guest.microvm.qemu.machine or "microvm"}\", which microvm.nix "
+          + "starts with pcie=off unless the VM has shares, graphics or PCI devices). Set "
+          + "${gopt}.vsock.cid instead (microvm.nix then adds vhost-vsock-device) and unset ${opt}.vsockCid.";
+      }
+      {
+        # microvm.nix refuses credentialFiles for cloud-hypervisor itself
+        # ("cloud-hypervisor does not support credentialFiles"); this says
+        # what to do instead.
+        assertion = isQemu || credentialFiles == { };
+        message =
+          "${gopt}.credentialFiles (${lib.concatStringsSep ", " (builtins.attrNames credentialFiles)}) "
+          + "is for QEMU VMs only. Move each to ${opt}.credentials.<name> "
+          + "(encryptedFile, credstore, or file for a plain file).";
       }
     ]
+    ++ lib.concatLists (
+      lib.mapAttrsToList (
+        credName: path:
+        let
+          copt = "${gopt}.credentialFiles.${attrPath credName}";
+        in
+        lib.optionals isQemu [
+          {
+            assertion = validCredentialName credName;
+            message =
+              "${copt}: \"${credName}\" is not a valid credential name "
+              + "(1-255 printable ASCII characters, no \"/\", \":\" or \"=\", not \".\" or \"..\").";
+          }
+          {
+            assertion = !(vm.credentials ? ${credName}) && !(builtins.elem credName guestNames);
+            message =
+              "${copt} and ${opt}.credentials both give the guest a credential \"${credName}\"; "
+              + "keep one.";
+          }
+          {
+            assertion = isExternalPath path;
+            message =
+              "${copt} = ${toString path}: this module hands it to credbridge with LoadCredential=, "
+              + "which needs an absolute path outside the Nix store, given as a string "
+              + "(the store is world-readable, and a path literal is copied into it).";
+          }
+        ]
+      ) credentialFiles
+    )
     ++ lib.concatLists (
       lib.mapAttrsToList (
         credName: cred:
@@ -404,26 +579,6 @@ let
               + "/etc/credstore.encrypted (no \"/\" or \":\"); use ${copt}.encryptedFile for a path.";
           }
         ]
-        ++ map (
-          src:
-          let
-            p = cred.${src};
-          in
-          {
-            assertion = p == null || (outsideStore p && lib.hasPrefix "/" (toString p));
-            message =
-              "${copt}.${src} = ${toString p}: "
-              + (
-                if p != null && builtins.isPath p then
-                  "a Nix path literal is copied into the world-readable Nix store; "
-                  + "write the absolute path as a string."
-                else if p != null && !(outsideStore p) then
-                  "the Nix store is world-readable; keep secrets outside it."
-                else
-                  "must be an absolute path."
-              );
-          }
-        ) [ "encryptedFile" "file" ]
       ) vm.credentials
     );
 in
@@ -449,10 +604,11 @@ in
       '';
       description = ''
         microVMs of microvm.nix (by their name in `microvm.vms`) whose
-        cloud-hypervisor credbridge starts, handing the listed credentials to
-        the guest as SMBIOS type 11 OEM strings. Each VM must be declared with
+        hypervisor credbridge starts, handing the listed credentials to the
+        guest's systemd. Each VM must be declared with
         `microvm.vms.<name>.config` and use `microvm.hypervisor =
-        "cloud-hypervisor"`.
+        "cloud-hypervisor"` or `"qemu"`. Options that apply to one hypervisor
+        only say so.
       '';
     };
   };
@@ -465,12 +621,13 @@ in
         name: vm:
         let
           guest = guestOf name;
+          isCh = guest.microvm.hypervisor == "cloud-hypervisor";
         in
-        lib.optional (vm.delivery == "argv") (
+        lib.optional (isCh && vm.delivery == "argv") (
           "services.credbridge.vms.${name}.delivery = \"argv\": the VM's secrets are "
           + "visible in cloud-hypervisor's command line to every local user."
         )
-        ++ lib.optional ((guest.microvm.vsock.cid or null) != null) (
+        ++ lib.optional (isCh && (guest.microvm.vsock.cid or null) != null) (
           "services.credbridge.vms.${name}: microvm.vms.${name}.config.microvm.vsock.cid is "
           + "set, so microvm.nix's vsock relay forwards the guest's notifications; with "
           + "NotifyAccess=main systemd drops them and logs a line for each. Use "
@@ -498,10 +655,30 @@ in
     # (microvm@<name>.service.d/overrides.conf), on top of its template.
     systemd.services = lib.mapAttrs' (
       name: vm:
+      let
+        guest = guestOf name;
+        hypervisor = guest.microvm.hypervisor;
+        isQemu = hypervisor == "qemu";
+        encrypted = encryptedLines vm;
+        plain = plainLines vm (takenOverOf hypervisor guest);
+      in
       lib.nameValuePair "microvm@${name}" {
         overrideStrategy = "asDropin";
+        # microvm.nix restarts microvm@NAME on a switch only when the guest's
+        # toplevel changes (its own restartTriggers). credbridge's options
+        # live in the wrapper, which is part of the runner, not of the
+        # toplevel: without this, a changed flag, credential name, CID or
+        # credbridge package would wait for the VM's next restart. The
+        # credential lines are named too, so that a credential moved to
+        # another file restarts the VM whether or not switch-to-configuration
+        # compares this drop-in.
+        restartTriggers =
+          lib.optional (builtins.elem hypervisor supported) guest.microvm.${hypervisor}.package
+          ++ encrypted
+          ++ plain;
         serviceConfig = {
-          # microvm.nix sets Type=simple here unless microvm.vsock.cid is set.
+          # microvm.nix sets Type=simple here unless its runner relays the
+          # guest's notifications (cloud-hypervisor with microvm.vsock.cid).
           # credbridge always notifies (READY=1 once booted or once the guest
           # says so), so this wins over it.
           Type = lib.mkForce "notify";
@@ -510,23 +687,25 @@ in
           # it) and owns readiness.
           NotifyAccess = "main";
           # SIGTERM to credbridge only: it presses the power button and stops
-          # cloud-hypervisor itself. control-group (the default) would SIGTERM
+          # the hypervisor itself. control-group (the default) would SIGTERM
           # the hypervisor at the same time.
           KillMode = "mixed";
           # Reset the template's ExecStop=microvm-shutdown (a power-button
-          # press and an unbounded wait for the main PID): with it gone,
-          # systemd's SIGTERM reaches credbridge, which does the same press
-          # with a bounded fallback.
+          # press or Ctrl-Alt-Del and an unbounded wait for the main PID): with
+          # it gone, systemd's SIGTERM reaches credbridge, which does the same
+          # press with a bounded fallback.
           ExecStop = [ "" ];
-          # --stop-timeout + credbridge's 10 s SIGTERM grace + 5 s margin.
-          TimeoutStopSec = "${toString (vm.stopTimeout + 15)}s";
+          # --stop-timeout + credbridge's own fallback (cloud-hypervisor:
+          # SIGKILL 10 s after SIGTERM; QEMU: SIGTERM 5 s after quit, SIGKILL
+          # 10 s after that) + 5 s margin.
+          TimeoutStopSec = "${toString (vm.stopTimeout + (if isQemu then 20 else 15))}s";
         }
         // lib.optionalAttrs (vm.readyTimeout != null) {
           # Above --ready-timeout, so that credbridge reports the failure.
           TimeoutStartSec = "${toString (vm.readyTimeout + 30)}s";
         }
-        // lib.optionalAttrs (encryptedLines vm != [ ]) { LoadCredentialEncrypted = encryptedLines vm; }
-        // lib.optionalAttrs (plainLines vm != [ ]) { LoadCredential = plainLines vm; };
+        // lib.optionalAttrs (encrypted != [ ]) { LoadCredentialEncrypted = encrypted; }
+        // lib.optionalAttrs (plain != [ ]) { LoadCredential = plain; };
       }
     ) enabledVms;
   };

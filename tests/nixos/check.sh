@@ -10,13 +10,16 @@
 #      tests/nixos/rendered/ (--update rewrites that directory instead).
 #   3. Every case of tests/nixos/cases.nix: the assertion messages, warnings
 #      and errors the module must produce.
-#   4. `systemd-analyze verify` of the rendered drop-in on top of a stub of
+#   4. `systemd-analyze verify` of the rendered drop-ins on top of a stub of
 #      microvm.nix's microvm@.service template (tests/units/fixtures), failing
 #      on any output line.
-#   5. Runs the rendered cloud-hypervisor wrapper against a fake credbridge and
-#      checks the argv credbridge would get, quoting included.
+#   5. Runs the rendered wrappers (cloud-hypervisor; QEMU with microvm.nix's
+#      argv for the `microvm` machine and for q35; QEMU with taken-over
+#      microvm.credentialFiles) against a fake credbridge and checks the argv
+#      credbridge would get, quoting included.
 #   6. The example block in README.md is example-host.nix, verbatim,
 #      and every nix block there parses.
+#   7. nixos/package.nix's source filter, on the repository's files.
 # With NIXPKGS_LIB=/path/to/nixpkgs/lib (a local copy; nothing is fetched),
 # steps 2 and 3 run again with the real module system (tests/nixos/real-eval.nix)
 # and must give the same output as the stub.
@@ -141,55 +144,114 @@ for ev in "${evaluators[@]}"; do
     done
 done
 
-echo "== 4. systemd-analyze verify of the rendered drop-in"
-if [[ -f $work/rendered/microvm@myvm.service.d/overrides.conf ]]; then
-    # shellcheck source=../units/root.sh
-    binary=/bin/true
-    . "$repo/tests/units/root.sh"
-    root=$work/root
+echo "== 4. systemd-analyze verify of the rendered drop-ins"
+# shellcheck source=../units/root.sh
+binary=/bin/true
+. "$repo/tests/units/root.sh"
+for vm_cred in myvm:api-key:myvm.api-key qvm:db-password:qvm.db-password; do
+    vm=${vm_cred%%:*}
+    if [[ ! -f $work/rendered/microvm@$vm.service.d/overrides.conf ]]; then
+        fail "no rendered drop-in for $vm to verify"
+        continue
+    fi
+    root=$work/root-$vm
     new_root "$root"
+    # new_root prepares microvm.nix's state directory for myvm; qvm's is the same.
+    [[ -d $root/var/lib/microvms/$vm ]] || cp -a "$root/var/lib/microvms/myvm" "$root/var/lib/microvms/$vm"
     cp "$repo"/tests/units/fixtures/microvm*@.service "$root/etc/systemd/system/"
-    mkdir -p "$root/etc/systemd/system/microvm@myvm.service.d"
-    cp "$work/rendered/microvm@myvm.service.d/overrides.conf" "$root/etc/systemd/system/microvm@myvm.service.d/"
-    out=$(systemd-analyze verify --root="$root" microvm@myvm.service 2>&1) && rc=0 || rc=$?
-    echo "systemd-analyze verify microvm@myvm.service:"
+    mkdir -p "$root/etc/systemd/system/microvm@$vm.service.d"
+    cp "$work/rendered/microvm@$vm.service.d/overrides.conf" "$root/etc/systemd/system/microvm@$vm.service.d/"
+    out=$(systemd-analyze verify --root="$root" "microvm@$vm.service" 2>&1) && rc=0 || rc=$?
+    echo "systemd-analyze verify microvm@$vm.service:"
     if [[ -n $out ]]; then printf '%s\n' "$out"; else echo "(no output)"; fi
-    if [[ $rc -ne 0 || -n $out ]]; then fail "systemd-analyze verify (exit $rc)"; else echo "ok: verify"; fi
+    if [[ $rc -ne 0 || -n $out ]]; then fail "systemd-analyze verify $vm (exit $rc)"; else echo "ok: verify $vm"; fi
     # The drop-in must really take effect: the merged unit, as systemd sees it.
-    merged=$(cat "$root/etc/systemd/system/microvm@.service" "$root/etc/systemd/system/microvm@myvm.service.d/overrides.conf")
-    for want in 'Type=notify' 'NotifyAccess=main' 'KillMode=mixed' 'LoadCredentialEncrypted=api-key:myvm.api-key'; do
-        grep -qx -- "$want" <<<"$merged" || fail "merged unit lacks $want"
+    merged=$(cat "$root/etc/systemd/system/microvm@.service" "$root/etc/systemd/system/microvm@$vm.service.d/overrides.conf")
+    for want in 'Type=notify' 'NotifyAccess=main' 'KillMode=mixed' "LoadCredentialEncrypted=${vm_cred#*:}"; do
+        grep -qx -- "$want" <<<"$merged" || fail "merged unit of $vm lacks $want"
     done
-else
-    fail "no rendered drop-in to verify"
-fi
+done
 
-echo "== 5. the wrapper's argv"
+echo "== 5. the wrappers' argv"
+store=$(nix_eval 'builtins.storeDir' | jq -r .)
+fake=$work/fake
+mkdir -p "$fake"
+# shellcheck disable=SC2016 # the fake's own $@ and $a
+printf '#!/bin/sh\nfor a in "$@"; do printf "%%s\\n" "$a"; done\n' >"$fake/credbridge"
+chmod +x "$fake/credbridge"
+# runnable WRAPPER_FILE: the rendered script as an executable, its credbridge
+# pointed at the fake; everything else as it is.
+runnable() {
+    local out=$work/wrapper-${1//\//-}
+    { echo '#!/bin/bash'; sed -E "s#$store/[^ ]*-credbridge-[^/ ]*/bin/credbridge#$fake/credbridge#" "$1"; } >"$out"
+    chmod +x "$out"
+    echo "$out"
+}
+# expect_argv NAME WRAPPER EXPECTED_LINES -- ARGV...
+expect_argv() {
+    local name=$1 wrapper=$2 expected=$3 got
+    shift 4
+    got=$("$wrapper" "$@" 2>&1) || true
+    if [[ $got == "$expected" ]]; then
+        echo "ok: $name"
+    else
+        diff <(printf '%s\n' "$expected") <(printf '%s\n' "$got") || true
+        fail "$name"
+    fi
+}
+
 if [[ -f $work/rendered/myvm/cloud-hypervisor ]]; then
-    fake=$work/fake
-    mkdir -p "$fake"
-    # shellcheck disable=SC2016 # the fake's own $@ and $a
-    printf '#!/bin/sh\nfor a in "$@"; do printf "%%s\\n" "$a"; done\n' >"$fake/credbridge"
-    chmod +x "$fake/credbridge"
-    store=$(nix_eval 'builtins.storeDir' | jq -r .)
-    # Point the wrapper's credbridge at the fake; leave everything else as is.
-    { echo '#!/bin/bash'; sed -E "s#$store/[^ ]*-credbridge-[^/ ]*/bin/credbridge#$fake/credbridge#" \
-        "$work/rendered/myvm/cloud-hypervisor"; } >"$work/wrapper"
-    chmod +x "$work/wrapper"
-    got=$("$work/wrapper" --cpus boot=2 --cmdline 'console=ttyS0 reboot=t' --platform 'oem_strings=[a,b]' "it's")
-    expected=$(printf '%s\n' run --hypervisor cloud-hypervisor --argv0 microvm@myvm --delivery api \
+    w=$(runnable "$work/rendered/myvm/cloud-hypervisor")
+    expect_argv "cloud-hypervisor wrapper passes credbridge the expected argv" "$w" "$(printf '%s\n' \
+        run --hypervisor cloud-hypervisor --argv0 microvm@myvm --delivery api \
         --ready guest --smbios-budget 4096 --stop-timeout 30 --ready-timeout 120 --vsock-cid 42 \
         --credential api-key --credential tls-key=nginx.key -- \
         "$store/00000000000000000000000000000000-cloud-hypervisor-48.0/bin/cloud-hypervisor" \
-        --cpus boot=2 --cmdline 'console=ttyS0 reboot=t' --platform 'oem_strings=[a,b]' "it's")
-    if [[ $got == "$expected" ]]; then
-        echo "ok: wrapper passes credbridge the expected argv"
-    else
-        diff <(printf '%s\n' "$expected") <(printf '%s\n' "$got") || true
-        fail "wrapper argv"
-    fi
+        --cpus boot=2 --cmdline 'console=ttyS0 reboot=t' --platform 'oem_strings=[a,b]' "it's")" -- \
+        --cpus boot=2 --cmdline 'console=ttyS0 reboot=t' --platform 'oem_strings=[a,b]' "it's"
 else
-    fail "no rendered wrapper"
+    fail "no rendered cloud-hypervisor wrapper"
+fi
+
+# The head of microvm.nix's QEMU argv (lib/runners/qemu.nix) for x86_64, on
+# its default machine and on q35: the wrapper passes it on as it is, -M
+# included, so credbridge sees the machine microvm.nix chose.
+qemu_microvm=(-name qvm -M 'microvm,accel=kvm:tcg,acpi=on,mem-merge=on,pcie=off,pic=off,pit=off,rtc=on,usb=off'
+    -m 512M -smp 1 -nodefaults -no-user-config -no-reboot -kernel /k -initrd /i
+    -chardev 'stdio,id=stdio,signal=off' -device virtio-rng-device -serial chardev:stdio -enable-kvm
+    -cpu 'host,+x2apic,-sgx' -device i8042 -append 'earlyprintk=ttyS0 console=ttyS0 reboot=t panic=-1 '
+    -sandbox on -qmp 'unix:qvm.sock,server,nowait')
+qemu_q35=(-name qvm -M 'q35,accel=kvm:tcg,acpi=on,mem-merge=on' -m 512M -smp 1 -nodefaults -no-user-config
+    -no-reboot -kernel /k -initrd /i -device virtio-rng-pci -enable-kvm -qmp 'unix:qvm.sock,server,nowait')
+qemu_head=(run --hypervisor qemu --argv0 microvm@qvm --ready booted --smbios-budget 4096 --stop-timeout 30)
+qemu_bin=$store/00000000000000000000000000000000-qemu-host-cpu-only-10.1.0/bin/qemu-system-x86_64
+if [[ -f $work/rendered/qvm/qemu-system-x86_64 ]]; then
+    w=$(runnable "$work/rendered/qvm/qemu-system-x86_64")
+    expect_argv "QEMU wrapper, machine microvm" "$w" \
+        "$(printf '%s\n' "${qemu_head[@]}" --credential db-password -- "$qemu_bin" "${qemu_microvm[@]}")" -- "${qemu_microvm[@]}"
+    expect_argv "QEMU wrapper, machine q35" "$w" \
+        "$(printf '%s\n' "${qemu_head[@]}" --credential db-password -- "$qemu_bin" "${qemu_q35[@]}")" -- "${qemu_q35[@]}"
+else
+    fail "no rendered QEMU wrapper"
+fi
+
+# microvm.credentialFiles taken over: the wrapper of cases.nix's
+# qemu-credential-files case drops exactly microvm.nix's -fw_cfg pair.
+if nix_eval "(import ./tests/nixos/render.nix { evaluated = $(evaluated_expr stub "(import ./tests/nixos/cases.nix).qemu-credential-files.host"); }).files.\"qvm/qemu-system-x86_64\"" |
+    jq -j . >"$work/takeover.sh"; then
+    w=$(runnable "$work/takeover.sh")
+    pair=(-fw_cfg 'name=opt/io.systemd.credentials/token,file=/run/secrets/qvm-token')
+    other=(-fw_cfg 'name=opt/io.systemd.credentials/other,string=public')
+    expect_argv "QEMU wrapper drops the taken-over -fw_cfg pair" "$w" \
+        "$(printf '%s\n' "${qemu_head[@]}" --credential db-password --credential token -- "$qemu_bin" \
+            "${qemu_microvm[@]:0:4}" "${other[@]}" "${qemu_microvm[@]:4}")" -- \
+        "${qemu_microvm[@]:0:4}" "${pair[@]}" "${other[@]}" "${qemu_microvm[@]:4}"
+    # The same name with another file is not microvm.nix's pair: refused.
+    expect_argv "QEMU wrapper refuses an argv without the pair" "$w" \
+        "credbridge wrapper: microvm.credentialFiles.token: the QEMU argv lacks -fw_cfg name=opt/io.systemd.credentials/token,file=/run/secrets/qvm-token; refusing to start (nixos/wrapper.nix expects microvm.nix's form)" -- \
+        "${qemu_microvm[@]}" -fw_cfg 'name=opt/io.systemd.credentials/token,file=/tmp/other'
+else
+    fail "render the qemu-credential-files case"
 fi
 
 echo "== 6. README.md shows example-host.nix verbatim"
@@ -216,6 +278,38 @@ done < <(awk '/^ *```nix$/ {on=1; buf=""; next}
              on && /^ *```$/ {on=0; printf "%s%c", buf, 0; next}
              on {buf = buf $0 "\n"}' "$repo/README.md")
 echo "ok: $n nix blocks in README.md parse"
+
+echo "== 7. nixos/package.nix's source filter"
+# The files cargo needs are in, the repository's other files are out.
+git -C "$repo" ls-files -co --exclude-standard | jq -R . | jq -s . >"$work/files.json"
+if included=$(nix_eval "let p = import ./nixos/package.nix { lib = import ./tests/nixos/stub/lib.nix; rustPlatform.buildRustPackage = a: a; }; in builtins.filter p.passthru.included (builtins.fromJSON (builtins.readFile $work/files.json))"); then
+    bad=$(jq -r '.[] | select(test("^(Cargo\\.(toml|lock)|build\\.rs|(src|tests|benches)/.*)$") | not)' <<<"$included")
+    bad+=$(jq -r '.[] | select(test("^tests/(nixos|units)/|^tests/e2e/\\.cache/"))' <<<"$included")
+    missing=$(jq -r --argjson in "$included" '.[] | select(test("^(Cargo\\.(toml|lock)|src/.*|tests/fake-ch/.*)$")) | select(. as $f | $in | index($f) | not)' "$work/files.json")
+    if [[ -z $bad && -z $missing ]]; then
+        echo "ok: source filter keeps $(jq length <<<"$included") of $(jq length "$work/files.json") files"
+    else
+        [[ -n $bad ]] && printf 'included but should not be: %s\n' $bad
+        [[ -n $missing ]] && printf 'needed but left out: %s\n' $missing
+        fail "nixos/package.nix source filter"
+    fi
+else
+    fail "evaluate nixos/package.nix's filter"
+fi
+# The whole package.nix with each lib, the source included: with
+# --readonly-mode Nix hashes the filtered tree without writing the store.
+for ev in "${evaluators[@]}"; do
+    case $ev in
+        stub) lib_expr='import ./tests/nixos/stub/lib.nix' ;;
+        real) lib_expr="import $(realpath "$NIXPKGS_LIB")" ;;
+    esac
+    if src=$(nix_eval "let p = import ./nixos/package.nix { lib = $lib_expr; rustPlatform.buildRustPackage = a: a; }; in \"\${p.src}\"" 2>"$work/package.err"); then
+        echo "ok: nixos/package.nix evaluates ($ev lib, Nix $(nix-instantiate --version | awk '{print $NF}')): src $src"
+    else
+        cat "$work/package.err"
+        fail "nixos/package.nix does not evaluate ($ev lib)"
+    fi
+done
 
 if [[ $failed -ne 0 ]]; then
     echo "check.sh: $failed check(s) failed"

@@ -1,4 +1,5 @@
-# myvm.nix: a host with one cloud-hypervisor microVM that gets two secrets.
+# vms.nix: a host with two microVMs that get secrets: myvm on
+# cloud-hypervisor, qvm on QEMU (microvm.nix's default hypervisor).
 # Import it next to microvm.nix's host module and credbridge's module.
 { ... }:
 {
@@ -29,7 +30,7 @@
       system.stateVersion = "25.05";
 
       # In the guest the secrets are system credentials, imported by PID 1
-      # from SMBIOS. A bare LoadCredential= name picks them up.
+      # from SMBIOS (or fw_cfg). A bare LoadCredential= name picks them up.
       systemd.services.demo-app = {
         wantedBy = [ "multi-user.target" ];
         serviceConfig = {
@@ -57,5 +58,26 @@
     ready = "guest";
     vsockCid = 42;
     readyTimeout = 120;
+  };
+
+  # QEMU on microvm.nix's default machine for x86_64, `microvm`: no SMBIOS
+  # there, so credbridge hands the credentials over fw_cfg.
+  microvm.vms.qvm.config = {
+    microvm = {
+      hypervisor = "qemu";
+      interfaces = [
+        {
+          type = "tap";
+          id = "vm-qvm";
+          mac = "02:00:00:00:00:02";
+        }
+      ];
+    };
+    system.stateVersion = "25.05";
+  };
+
+  services.credbridge.vms.qvm = {
+    enable = true;
+    credentials.db-password.credstore = "qvm.db-password";
   };
 }

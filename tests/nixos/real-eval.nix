@@ -7,8 +7,8 @@
 # microvm.vms.<name>.config is a nullable type whose merge evaluates the guest
 # from all its definitions plus extraModules), and defines what microvm.nix's
 # host module defines for every VM (nixos-modules/host/default.nix: the per-VM
-# drop-in with Type= and X-RestartIfChanged=, its assertions). Packages are
-# the stand-ins of stub/pkgs.nix.
+# drop-in with Type=, X-RestartIfChanged= and the guest's toplevel as restart
+# trigger, its assertions). Packages are the stand-ins of stub/pkgs.nix.
 {
   nixpkgsLib,
   host ? ./example-host.nix,
@@ -38,7 +38,19 @@ let
     { name, ... }:
     {
       freeformType = types.attrsOf types.anything;
+      options.system.build.toplevel = mkOption {
+        type = types.package;
+        default = pkgs.runCommand "nixos-system-${name}-25.05" { } "";
+      };
       options.microvm = {
+        cpu = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+        };
+        credentialFiles = mkOption {
+          type = types.attrsOf types.path;
+          default = { };
+        };
         hypervisor = mkOption {
           type = types.enum [ "qemu" "cloud-hypervisor" "firecracker" "crosvm" "kvmtool" "stratovirt" "alioth" "vfkit" ];
           default = "qemu";
@@ -93,6 +105,21 @@ let
             default = pkgs.cloud-hypervisor;
           };
         };
+        qemu = {
+          machine = mkOption {
+            type = types.str;
+            # x86_64-linux: lib.mkDefault "microvm".
+            default = "microvm";
+          };
+          extraArgs = mkOption {
+            type = types.listOf types.str;
+            default = [ ];
+          };
+          package = mkOption {
+            type = types.package;
+            default = pkgs.qemu_kvm;
+          };
+        };
       };
     };
 
@@ -114,6 +141,10 @@ let
               serviceConfig = mkOption {
                 type = types.attrsOf unitOption;
                 default = { };
+              };
+              restartTriggers = mkOption {
+                type = types.listOf types.unspecified;
+                default = [ ];
               };
               overrideStrategy = mkOption {
                 type = types.enum [ "asDropinIfExists" "asDropin" ];
@@ -179,10 +210,16 @@ let
         in
         lib.nameValuePair "microvm@${name}" {
           overrideStrategy = "asDropin";
+          restartTriggers = [ guest.system.build.toplevel ];
           serviceConfig = {
             X-RestartIfChanged = [ "" true ];
-            # declaredRunner.supportsNotifySocket: a vsock CID is set.
-            Type = if guest.microvm.vsock.cid != null then "notify" else "simple";
+            # declaredRunner.supportsNotifySocket: only cloud-hypervisor's
+            # runner relays the guest's notifications, and only with a CID.
+            Type =
+              if guest.microvm.hypervisor == "cloud-hypervisor" && guest.microvm.vsock.cid != null then
+                "notify"
+              else
+                "simple";
           };
         }
       ) config.microvm.vms;

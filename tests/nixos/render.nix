@@ -3,14 +3,19 @@
 #
 #   files."microvm@NAME.service.d/overrides.conf"   the per-VM drop-in NixOS
 #       writes for microvm@NAME: the module's lines merged with microvm.nix's
-#       (X-RestartIfChanged=, Type=), rendered the way NixOS renders
-#       serviceConfig (one line per list element, keys in sorted order). NixOS
-#       adds lines of its own that neither module sets (Environment=PATH=...);
-#       they are left out;
-#   files."NAME/cloud-hypervisor"   the wrapper script the guest's
-#       microvm.cloud-hypervisor.package runs as bin/cloud-hypervisor;
+#       (X-RestartIfChanged=, Type=, the restart triggers), rendered the way
+#       NixOS renders serviceConfig (one line per list element, keys in sorted
+#       order). Lines of NixOS' own that neither module sets are left out.
+#       restartTriggers are shown as older NixOS wrote them,
+#       `[Unit] X-Restart-Triggers=<the paths>`; current NixOS writes the same
+#       paths into a file X-Restart-Triggers-microvm@NAME and puts that file's
+#       path on the line, so the line changes exactly when they do;
+#   files."NAME/<program>"   the wrapper script that the guest's
+#       microvm.cloud-hypervisor.package or microvm.qemu.package runs as
+#       bin/cloud-hypervisor or bin/qemu-system-<arch>;
 #   files."NAME/package.txt"   the wrapper package's name, version and build
-#       script;
+#       script, and for QEMU what microvm.nix's runner reads of it
+#       (configureFlags, and the QEMU inside after its .override);
 #   failedAssertions, warnings.
 # Builtins only, so both evaluators share it unchanged.
 { evaluated }:
@@ -49,34 +54,58 @@ let
       ) (attrNames attrs)
     );
 
-  enabled = filter (n: config.services.credbridge.vms.${n}.enable) (
-    attrNames config.services.credbridge.vms
-  );
+  guestOf = name: config.microvm.vms.${name}.config.config;
+  # VMs with a hypervisor the module wraps; for others only the assertion
+  # speaks.
+  enabled = filter (
+    n:
+    config.services.credbridge.vms.${n}.enable
+    && builtins.elem (guestOf n).microvm.hypervisor [ "cloud-hypervisor" "qemu" ]
+  ) (attrNames config.services.credbridge.vms);
 
   filesFor =
     name:
     let
       unit = config.systemd.services."microvm@${name}";
-      wrapper = config.microvm.vms.${name}.config.config.microvm.cloud-hypervisor.package;
+      guest = guestOf name;
+      hypervisor = guest.microvm.hypervisor;
+      wrapper = guest.microvm.${hypervisor}.package;
+      # What microvm.nix's QEMU runner does with the package when
+      # microvm.optimize.enable is on (its default), lib/runners/qemu.nix.
+      optimized = wrapper.override (oa: {
+        nixosTestRunner = true;
+      });
     in
     [
       {
         name = "microvm@${name}.service.d/overrides.conf";
         value =
           "# Rendered by tests/nixos/check.sh from nixos/module.nix and microvm.nix's\n"
-          + "# per-VM definitions for tests/nixos/example-host.nix: the [Service] lines\n"
-          + "# of the drop-in NixOS writes as microvm@${name}.service.d/overrides.conf.\n"
+          + "# per-VM definitions for tests/nixos/example-host.nix: the [Unit] and\n"
+          + "# [Service] lines of the drop-in NixOS writes as\n"
+          + "# microvm@${name}.service.d/overrides.conf.\n"
+          + "[Unit]\n"
+          + "X-Restart-Triggers=${toString unit.restartTriggers}\n"
+          + "\n"
           + "[Service]\n"
           + section unit.serviceConfig;
       }
       {
-        name = "${name}/cloud-hypervisor";
+        name = "${name}/${wrapper.meta.mainProgram}";
         value = wrapper.passthru.script.text;
       }
       {
         name = "${name}/package.txt";
         value =
-          "name: ${wrapper.name}\nversion: ${wrapper.version}\nbin/cloud-hypervisor -> ${wrapper.passthru.script}\n"
+          "name: ${wrapper.name}\nversion: ${wrapper.version}\n"
+          + "bin/${wrapper.meta.mainProgram} -> ${wrapper.passthru.script}\n"
+          + (
+            if hypervisor == "qemu" then
+              "configureFlags: ${toString wrapper.configureFlags}\n"
+              + "after .override (microvm.optimize.enable): ${optimized.name}, runs ${optimized.passthru.unwrapped.name}\n"
+            else
+              ""
+          )
           + "build:\n${wrapper.buildCommand}";
       }
     ];

@@ -19,7 +19,9 @@
 #     fallback only counts when the host declares nothing), `flake` and
 #     `extraModules`; `config.config` is the guest's configuration: the
 #     guest modules merged over microvm.nix's defaults for the options the
-#     module reads or sets.
+#     module reads or sets. A guest definition under `mkIf` counts only when
+#     its condition holds (read lazily, when the value is);
+#   - restartTriggers of systemd.services concatenate (microvm.nix's first).
 # Real nixpkgs lib: tests/nixos/real-eval.nix, same interface.
 {
   host ? ../example-host.nix,
@@ -44,6 +46,7 @@ let
 
   # Two definitions of the same place: attribute sets merge, lists
   # concatenate, anything else must not be defined twice. Lazy per attribute.
+  isIf = v: isAttrs v && (v._type or null) == "if";
   mergeDefs =
     loc: a: b:
     a
@@ -51,6 +54,10 @@ let
       n: v:
       if !(a ? ${n}) then
         v
+      else if isIf v then
+        (if v.condition then (mergeDefs loc { ${n} = a.${n}; } { ${n} = v.content; }).${n} else a.${n})
+      else if isIf a.${n} then
+        (if a.${n}.condition then (mergeDefs loc { ${n} = a.${n}.content; } { ${n} = v; }).${n} else v)
       else if isAttrs v && isAttrs a.${n} && !(isDerivation v) && !(isDerivation a.${n}) then
         mergeDefs "${loc}.${n}" a.${n} v
       else if isList v && isList a.${n} then
@@ -70,11 +77,30 @@ let
 
   priority = d: if isAttrs d && (d._type or null) == "override" then d.priority else 100;
 
+  # The guest's definitions over the defaults: a definition whose mkIf does
+  # not hold leaves the default.
+  withDefaults =
+    d: m:
+    d
+    // mapAttrs (
+      n: v:
+      if isIf v then
+        (if v.condition then withDefaults { ${n} = d.${n} or null; } { ${n} = v.content; } else d).${n}
+      else if isAttrs v && isAttrs (d.${n} or null) && !(isDerivation v) && !(isDerivation d.${n}) then
+        withDefaults d.${n} v
+      else
+        v
+    ) m;
+
   # microvm.nix's defaults for the guest options the module touches
-  # (nixos-modules/microvm/options.nix).
+  # (nixos-modules/microvm/options.nix), and the guest's toplevel, which
+  # microvm.nix's host module makes a restart trigger of microvm@NAME.
   guestDefaults = name: {
+    system.build.toplevel = pkgs.runCommand "nixos-system-${name}-25.05" { } "";
     microvm = {
       hypervisor = "qemu";
+      cpu = null;
+      credentialFiles = { };
       vsock.cid = null;
       socket = "${name}.sock";
       prettyProcnames = true;
@@ -85,13 +111,19 @@ let
         platformOEMStrings = [ ];
         package = pkgs.cloud-hypervisor;
       };
+      qemu = {
+        # x86_64-linux: lib.mkDefault "microvm".
+        machine = "microvm";
+        extraArgs = [ ];
+        package = pkgs.qemu_kvm;
+      };
     };
   };
 
   evalGuest =
     name: modules:
     let
-      guest = lib.recursiveUpdate (guestDefaults name) (
+      guest = withDefaults (guestDefaults name) (
         foldl' (mergeDefs "microvm.vms.${name}.config") { } (
           map (m: callModule m { inherit lib pkgs; config = guest; }) modules
         )
@@ -141,9 +173,16 @@ let
     name: vm:
     lib.nameValuePair "microvm@${name}" {
       overrideStrategy = "asDropin";
+      restartTriggers = [ vm.config.config.system.build.toplevel ];
       serviceConfig = {
         X-RestartIfChanged = [ "" true ];
-        Type = if vm.config.config.microvm.vsock.cid != null then "notify" else "simple";
+        # declaredRunner.supportsNotifySocket: only cloud-hypervisor's runner
+        # relays the guest's notifications, and only with a vsock CID.
+        Type =
+          if vm.config.config.microvm.hypervisor == "cloud-hypervisor" && vm.config.config.microvm.vsock.cid != null then
+            "notify"
+          else
+            "simple";
       };
     }
   ) vms;
@@ -173,6 +212,7 @@ let
       overrideStrategy = mergeSetting "${name}.overrideStrategy" (
         builtins.concatMap (d: lib.optional (d ? overrideStrategy) d.overrideStrategy) defs
       );
+      restartTriggers = builtins.concatMap (d: d.restartTriggers or [ ]) defs;
       serviceConfig =
         let
           keys = attrNames (foldl' (acc: d: acc // (d.serviceConfig or { })) { } defs);

@@ -102,6 +102,18 @@ let
     mkForce = mkOverride 50;
     stripOverride = v: if isAttrs v && (v._type or null) == "override" then stripOverride v.content else v;
     inherit fillOptions;
+    # As nixpkgs, the error names the option and the type's description.
+    mkOptionType =
+      {
+        name,
+        description ? name,
+        check ? (_: true),
+        ...
+      }:
+      mkType description check;
+    # Only referenced here (types built with mkOptionType take their merge
+    # from eval.nix's rules).
+    mergeEqualOption = loc: defs: throw "stub lib: mergeEqualOption is not modelled";
 
     types = rec {
       str = mkType "a string" isString;
@@ -177,6 +189,12 @@ let
     inherit concatStringsSep;
     optionalString = cond: s: if cond then s else "";
     hasPrefix = prefix: s: substring 0 (stringLength prefix) s == prefix;
+    removePrefix =
+      prefix: s:
+      if hasPrefix prefix s then substring (stringLength prefix) (stringLength s - stringLength prefix) s else s;
+    # As nixpkgs for the separators used here (one character, no regex
+    # metacharacters).
+    splitString = sep: s: filter isString (builtins.split sep s);
     # As nixpkgs: leave words of safe characters bare, single-quote the rest.
     escapeShellArg =
       arg:
@@ -186,15 +204,20 @@ let
       if match "[[:alnum:],._+:@%/-]+" s == null then "'${replaceStrings [ "'" ] [ "'\\''" ] s}'" else s;
     escapeShellArgs = args: concatStringsSep " " (map escapeShellArg args);
 
-    # --- what nixos/package.nix uses. fileset: the root stands for the
-    # filtered source (the real one is checked with NIXPKGS_LIB, see check.sh).
+    # --- what nixos/package.nix uses. cleanSourceWith as nixpkgs: builtins.path
+    # with the filter (check.sh evaluates it with --readonly-mode, which
+    # computes the store path without writing the store).
     importTOML = file: builtins.fromTOML (builtins.readFile file);
-    fileset = {
-      toSource = { root, fileset }: root;
-      unions = xs: xs;
-      difference = a: b: a;
-      maybeMissing = p: p;
-    };
+    cleanSourceWith =
+      {
+        src,
+        filter,
+        name ? "source",
+      }:
+      builtins.path {
+        path = src;
+        inherit name filter;
+      };
     licenses = {
       mit = "MIT";
       asl20 = "Apache-2.0";

@@ -13,6 +13,21 @@ let
     }
     // extra;
 
+  qemuPackage =
+    name: args:
+    let
+      suffix = builtins.concatStringsSep "" (
+        map (n: "-${n}=${builtins.toJSON args.${n}}") (builtins.attrNames args)
+      );
+    in
+    mkDrv "${name}${suffix}" {
+      pname = "qemu";
+      version = "10.1.0";
+      configureFlags = [ "--enable-seccomp" ];
+      override = f: qemuPackage name (args // (if builtins.isFunction f then f args else f));
+      overrideAttrs = f: qemuPackage name (args // { overrideAttrs = true; });
+    };
+
   self = {
     inherit lib;
     cloud-hypervisor = mkDrv "cloud-hypervisor-48.0" {
@@ -24,6 +39,19 @@ let
       version = "48.0";
     };
     coreutils = mkDrv "coreutils-9.7" { };
+    # The QEMU packages of microvm.nix's default for microvm.qemu.package, with
+    # what its runner uses of them: configureFlags (`-sandbox on` needs
+    # --enable-seccomp there), `override` (microvm.optimize.enable, on by
+    # default, sets nixosTestRunner) and `overrideAttrs` (USB devices). The
+    # overrides are recorded in the name, so a rendered wrapper shows which
+    # QEMU it runs.
+    qemu_kvm = qemuPackage "qemu-host-cpu-only-10.1.0" { };
+    qemu = qemuPackage "qemu-10.1.0" { };
+
+    stdenv.hostPlatform = {
+      system = "x86_64-linux";
+      isLinux = true;
+    };
 
     writeShellScript =
       name: text:
@@ -31,9 +59,10 @@ let
         inherit text;
         executable = true;
       };
+    # As mkDerivation, passthru's attributes are also the result's.
     runCommand =
       name: env: buildCommand:
-      mkDrv name (env // { inherit buildCommand; });
+      mkDrv name (env // (env.passthru or { }) // { inherit buildCommand; });
 
     rustPlatform.buildRustPackage = args: mkDrv "${args.pname}-${args.version}" { inherit args; inherit (args) version; };
 
