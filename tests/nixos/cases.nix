@@ -86,7 +86,11 @@ in
         version = "1";
       };
     };
-    expect = [ ''"failedAssertions":[]'' ''"qvm/qemu-system-x86_64":'' ];
+    expect = [
+      ''"failedAssertions":[]''
+      ''"qvm/qemu-system-x86_64":''
+      ''"qvm":"x"''
+    ];
   };
 
   qemu-argv-delivery = {
@@ -231,8 +235,11 @@ in
     expect = [ "services.credbridge.vms.myvm.credentials.leaked.encryptedFile" typeError ];
   };
 
+  # A file that does not exist: were the literal turned into a string (and so
+  # copied into the store) before the type refuses it, the evaluation would
+  # fail on the missing file instead.
   path-literal = {
-    host = vm { credentials.leaked.file = ./cases.nix; };
+    host = vm { credentials.leaked.file = ./no-such-secret.cred; };
     expect = [ "services.credbridge.vms.myvm.credentials.leaked.file" typeError ];
   };
 
@@ -255,6 +262,11 @@ in
   equals-in-name = {
     host = vm { credentials."a=b".credstore = "ab"; };
     expect = [ ''services.credbridge.vms.myvm.credentials.\"a=b\": \"a=b\" is not a valid credential name'' ];
+  };
+
+  bad-guest-name = {
+    host = vm { credentials.api-key.guestName = "x/y"; };
+    expect = [ ''services.credbridge.vms.myvm.credentials.api-key.guestName: \"x/y\" is not a valid credential name.'' ];
   };
 
   bad-credstore = {

@@ -16,6 +16,8 @@
 #   files."NAME/package.txt"   the wrapper package's name, version and build
 #       script, and for QEMU what microvm.nix's runner reads of it
 #       (configureFlags, and the QEMU inside after its .override);
+#   otherPackages."NAME": the name of the guest's package of the other
+#       hypervisor (microvm.runner has a runner for each, so it can be built);
 #   failedAssertions, warnings.
 # Builtins only, so both evaluators share it unchanged.
 { evaluated }:
@@ -112,6 +114,15 @@ let
 in
 {
   files = listToAttrs (builtins.concatLists (map filesFor enabled));
+  otherPackages = listToAttrs (
+    map (name: {
+      inherit name;
+      value =
+        (guestOf name).microvm.${
+          if (guestOf name).microvm.hypervisor == "qemu" then "cloud-hypervisor" else "qemu"
+        }.package.name;
+    }) enabled
+  );
   failedAssertions = map (a: a.message) (filter (a: !a.assertion) config.assertions);
   inherit (config) warnings;
   overrideStrategy = map (n: config.systemd.services."microvm@${n}".overrideStrategy) enabled;
