@@ -59,7 +59,6 @@ let
     description =
       "absolute path outside the Nix store, given as a string "
       + "(the store is world-readable, and a path literal would be copied into it)";
-    descriptionClass = "noun";
     check = isExternalPath;
     merge = lib.mergeEqualOption;
   };

@@ -3,13 +3,15 @@
 #
 #   files."microvm@NAME.service.d/overrides.conf"   the per-VM drop-in NixOS
 #       writes for microvm@NAME: the module's lines merged with microvm.nix's
-#       (X-RestartIfChanged=, Type=, the restart triggers), rendered the way
+#       (X-RestartIfChanged=, Type=, restartTriggers), rendered the way
 #       NixOS renders serviceConfig (one line per list element, keys in sorted
-#       order). Lines of NixOS' own that neither module sets are left out.
-#       restartTriggers are shown as older NixOS wrote them,
-#       `[Unit] X-Restart-Triggers=<the paths>`; current NixOS writes the same
-#       paths into a file X-Restart-Triggers-microvm@NAME and puts that file's
-#       path on the line, so the line changes exactly when they do;
+#       order). The one line NixOS adds here from something else than
+#       serviceConfig is `[Unit] X-Restart-Triggers=`, from restartTriggers
+#       (microvm.nix's `path = mkForce [ ]` leaves no Environment=PATH=). It
+#       is shown as older NixOS wrote it, with the triggers themselves;
+#       current NixOS writes them into a file X-Restart-Triggers-microvm@NAME
+#       and puts that file's path on the line, so the line changes exactly
+#       when they do;
 #   files."NAME/<program>"   the wrapper script that the guest's
 #       microvm.cloud-hypervisor.package or microvm.qemu.package runs as
 #       bin/cloud-hypervisor or bin/qemu-system-<arch>;
