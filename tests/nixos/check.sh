@@ -20,6 +20,8 @@
 #   6. The example block in README.md is example-host.nix, verbatim,
 #      and every nix block there parses.
 #   7. nixos/package.nix's source filter, on the repository's files.
+#   8. flake.nix's lib.wrapCloudHypervisor and lib.wrapQemu (for VMs built
+#      from a flake), with the stub nixpkgs.
 # With NIXPKGS_LIB=/path/to/nixpkgs/lib (a local copy; nothing is fetched),
 # steps 2 and 3 run again with the real module system (tests/nixos/real-eval.nix)
 # and must give the same output as the stub.
@@ -310,6 +312,40 @@ for ev in "${evaluators[@]}"; do
         fail "nixos/package.nix does not evaluate ($ev lib)"
     fi
 done
+
+echo "== 8. flake.nix's lib.wrapCloudHypervisor and lib.wrapQemu"
+flake_expr='let
+  lib = import ./tests/nixos/stub/lib.nix;
+  pkgs = import ./tests/nixos/stub/pkgs.nix { inherit lib; };
+  flake = (import ./flake.nix).outputs { self = flake; nixpkgs = { inherit lib; }; };
+  q = flake.lib.wrapQemu pkgs { vmName = "v"; flags = [ "--ready" "booted" ]; };
+  c = flake.lib.wrapCloudHypervisor pkgs { vmName = "c"; };
+in {
+  qemu = q.passthru.script.text;
+  qemuBinary = q.meta.mainProgram;
+  configureFlags = q.configureFlags;
+  afterOverride = (q.override (oa: { nixosTestRunner = true; })).passthru.unwrapped.name;
+  afterOverrideAttrs = (q.overrideAttrs (oa: { })).passthru.unwrapped.name;
+  cloudHypervisor = c.passthru.script.text;
+}'
+if got=$(nix_eval "$flake_expr" 2>"$work/flake.err"); then
+    want=$(jq -n --arg s "$store/00000000000000000000000000000000" '{
+        qemu: "exec \($s)-credbridge-0.1.0/bin/credbridge run --hypervisor qemu --argv0 microvm@v --ready booted -- \($s)-qemu-host-cpu-only-10.1.0/bin/qemu-system-x86_64 \"$@\"\n",
+        qemuBinary: "qemu-system-x86_64",
+        configureFlags: ["--enable-seccomp"],
+        afterOverride: "qemu-host-cpu-only-10.1.0-nixosTestRunner=true",
+        afterOverrideAttrs: "qemu-host-cpu-only-10.1.0-overrideAttrs=true",
+        cloudHypervisor: "exec \($s)-credbridge-0.1.0/bin/credbridge run --hypervisor cloud-hypervisor --argv0 microvm@c -- \($s)-cloud-hypervisor-48.0/bin/cloud-hypervisor \"$@\"\n"
+    }')
+    if diff <(jq -S . <<<"$want") <(jq -S . <<<"$got"); then
+        echo "ok: the flake's wrappers"
+    else
+        fail "flake.nix's lib.wrapCloudHypervisor / lib.wrapQemu"
+    fi
+else
+    cat "$work/flake.err"
+    fail "evaluate flake.nix's lib"
+fi
 
 if [[ $failed -ne 0 ]]; then
     echo "check.sh: $failed check(s) failed"

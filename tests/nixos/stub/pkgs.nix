@@ -50,6 +50,7 @@ let
 
     stdenv.hostPlatform = {
       system = "x86_64-linux";
+      qemuArch = "x86_64";
       isLinux = true;
     };
 
