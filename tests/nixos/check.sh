@@ -320,7 +320,9 @@ flake_expr='let
   flake = (import ./flake.nix).outputs { self = flake; nixpkgs = { inherit lib; }; };
   q = flake.lib.wrapQemu pkgs { vmName = "v"; flags = [ "--ready" "booted" ]; };
   c = flake.lib.wrapCloudHypervisor pkgs { vmName = "c"; };
+  aarch64 = pkgs // { stdenv.hostPlatform = pkgs.stdenv.hostPlatform // { qemuArch = "aarch64"; }; };
 in {
+  qemuBinaryAarch64 = (flake.lib.wrapQemu aarch64 { vmName = "a"; }).meta.mainProgram;
   qemu = q.passthru.script.text;
   qemuBinary = q.meta.mainProgram;
   configureFlags = q.configureFlags;
@@ -332,6 +334,7 @@ if got=$(nix_eval "$flake_expr" 2>"$work/flake.err"); then
     want=$(jq -n --arg s "$store/00000000000000000000000000000000" '{
         qemu: "exec \($s)-credbridge-0.1.0/bin/credbridge run --hypervisor qemu --argv0 microvm@v --ready booted -- \($s)-qemu-host-cpu-only-10.1.0/bin/qemu-system-x86_64 \"$@\"\n",
         qemuBinary: "qemu-system-x86_64",
+        qemuBinaryAarch64: "qemu-system-aarch64",
         configureFlags: ["--enable-seccomp"],
         afterOverride: "qemu-host-cpu-only-10.1.0-nixosTestRunner=true",
         afterOverrideAttrs: "qemu-host-cpu-only-10.1.0-overrideAttrs=true",
