@@ -320,6 +320,8 @@ let
           description = ''
             Extra static OEM strings (`credbridge --oem-string`). They are not
             secret: they end up in the Nix store. Counted against `smbiosBudget`.
+            SMBIOS only: on QEMU's `microvm` machine, which has none, credbridge
+            refuses to start a VM that has any.
           '';
         };
 
