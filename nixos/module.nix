@@ -452,11 +452,9 @@ let
       credentialFiles = credentialFilesOf guest;
       # lib/runners/qemu.nix's requirePci: without it the `microvm` machine
       # runs with pcie=off, and has no PCI bus.
+      qemuMachine = guest.microvm.qemu.machine or "microvm";
       qemuHasPci =
-        let
-          machine = guest.microvm.qemu.machine or "microvm";
-        in
-        !(lib.hasPrefix "microvm" machine)
+        !(lib.hasPrefix "microvm" qemuMachine)
         || (guest.microvm.graphics.enable or false)
         || (guest.microvm.shares or [ ]) != [ ]
         || lib.any (d: (d.bus or null) == "pci") (guest.microvm.devices or [ ]);
@@ -504,9 +502,17 @@ let
         assertion = !(isQemu && vm.vsockCid != null && !qemuHasPci);
         message =
           "${opt}.vsockCid: credbridge adds -device vhost-vsock-pci, and this VM's QEMU has no PCI bus "
-          + "(${gopt}.qemu.machine is \"${guest.microvm.qemu.machine or "microvm"}\", which microvm.nix "
+          + "(${gopt}.qemu.machine is \"${qemuMachine}\", which microvm.nix "
           + "starts with pcie=off unless the VM has shares, graphics or PCI devices). Set "
           + "${gopt}.vsock.cid instead (microvm.nix then adds vhost-vsock-device) and unset ${opt}.vsockCid.";
+      }
+      {
+        # QEMU's microvm machine has no SMBIOS tables, and only credentials
+        # can go over fw_cfg.
+        assertion = !(isQemu && qemuMachine == "microvm" && vm.oemStrings != [ ]);
+        message =
+          "${opt}.oemStrings: ${gopt}.qemu.machine is \"microvm\", which has no SMBIOS, and OEM strings "
+          + "have no other way into the guest. Give the values as credentials, or use machine \"q35\".";
       }
       {
         # microvm.nix refuses credentialFiles for cloud-hypervisor itself

@@ -149,6 +149,24 @@ in
     ];
   };
 
+  qemu-oem-strings-microvm = {
+    host = qvm { oemStrings = [ "io.systemd.credential:hostname=qvm" ]; };
+    expect = [
+      ''services.credbridge.vms.qvm.oemStrings: microvm.vms.qvm.config.microvm.qemu.machine is \"microvm\", which has no SMBIOS''
+    ];
+  };
+
+  qemu-oem-strings-q35 = {
+    host = variant {
+      host.services.credbridge.vms.qvm.oemStrings = [ "io.systemd.credential:hostname=qvm" ];
+      qguest.microvm.qemu.machine = "q35";
+    };
+    expect = [
+      ''"failedAssertions":[]''
+      "--oem-string 'io.systemd.credential:hostname=qvm'"
+    ];
+  };
+
   # QEMU's stop sequence is 5 s longer than cloud-hypervisor's.
   qemu-stop-timeout = {
     host = qvm { stopTimeout = 10; };
