@@ -44,6 +44,7 @@ in
     host = example;
     expect = [
       ''"failedAssertions":[]''
+      ''"touchedUnits":["myvm","qvm"]''
       "LoadCredentialEncrypted=api-key:myvm.api-key"
       "--credential 'tls-key=nginx.key'"
       "LoadCredentialEncrypted=db-password:qvm.db-password"
@@ -369,6 +370,10 @@ in
       };
     };
     # microvm.nix's own lines stay; none of the module's.
-    expect = [ ''"files":{}'' ''"failedAssertions":[]'' ];
+    expect = [
+      ''"files":{}''
+      ''"failedAssertions":[]''
+      ''"touchedUnits":[]''
+    ];
   };
 }

@@ -20,6 +20,8 @@
 #       (configureFlags, and the QEMU inside after its .override);
 #   otherPackages."NAME": the name of the guest's package of the other
 #       hypervisor (microvm.runner has a runner for each, so it can be built);
+#   touchedUnits: the VMs whose microvm@NAME carries the module's settings
+#       (NotifyAccess=), whether or not services.credbridge enables them;
 #   failedAssertions, warnings.
 # Builtins only, so both evaluators share it unchanged.
 { evaluated }:
@@ -125,6 +127,11 @@ in
         }.package.name;
     }) enabled
   );
+  touchedUnits = filter (
+    n:
+    config.systemd.services ? "microvm@${n}"
+    && config.systemd.services."microvm@${n}".serviceConfig ? NotifyAccess
+  ) (attrNames config.microvm.vms);
   failedAssertions = map (a: a.message) (filter (a: !a.assertion) config.assertions);
   inherit (config) warnings;
   overrideStrategy = map (n: config.systemd.services."microvm@${n}".overrideStrategy) enabled;
