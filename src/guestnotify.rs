@@ -4,27 +4,66 @@
 //! host Unix socket `<vsock socket>_PORT`; with QEMU's kernel vhost-vsock on an AF_VSOCK
 //! listener (`crate::vsock`), where only the guest's own CID is heard.
 //!
-//! One message per connection, closed at once: a guest with systemd >= 256 waits for the peer
-//! to close each connection, and a relay that lingers stalls its boot by seconds per message
-//! (microvm.nix issues #297, #568).
+//! One message per connection, closed as soon as it is in: a guest with systemd >= 256 waits
+//! for the peer to close each connection, and a relay that lingers stalls its boot by seconds
+//! per message (microvm.nix issues #297, #568).
+//!
+//! The guest is an adversary here (#11): it may connect as often as it likes, send too much or
+//! nothing, and hold connections open. Everything it controls is bounded: [`MAX_CONNECTIONS`]
+//! read at once (the rest wait in the kernel's backlog), [`MAX_MESSAGE`] bytes and
+//! `CONNECTION_DEADLINE` per connection, no queue beyond the connections being read, and
+//! rate-limited log lines for what goes wrong.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UnixListener;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::plan::GuestNotifyPlan;
 use crate::sockpath::{self, Probe};
 use crate::vsock::{self, VsockError};
 
-/// The largest message we read; sd_notify messages are a few hundred bytes.
-const MAX_MESSAGE: usize = 64 * 1024;
-/// After the first bytes, how long to wait for the rest of a message split in transit.
+/// The longest notification accepted (#11). systemd's own are a few hundred bytes (READY=1 with
+/// a STATUS= line); a longer one is read no further than one byte past this, then dropped
+/// unparsed with the connection, and reported as a problem.
+pub const MAX_MESSAGE: usize = 4096;
+/// After the first bytes, how long a connection may stay quiet before what it sent is taken as
+/// the whole message. Only senders whose half-close never reaches us wait for it: the guest's
+/// systemd >= 256 shuts down its write side after each message (sd-daemon.c,
+/// pid_notify_with_fds_internal(): shutdown(SHUT_WR), then recv() until the host closes),
+/// and earlier ones close the socket; kernel vhost-vsock and cloud-hypervisor >= 53 pass that on
+/// as end of stream, which ends the read at once. cloud-hypervisor <= 52 never passes on the
+/// half-close (microvm.nix lib/runners/cloud-hypervisor.nix, PR #297), and waiting for an end
+/// that never comes would stall the guest's PID 1 for the full wait on every sd_notify() it
+/// makes (microvm.nix #568): so a quiet pause this long ends the message too.
 const TAIL_WAIT: Duration = Duration::from_millis(5);
-/// A connection that sends nothing is closed after this.
-const IDLE_LIMIT: Duration = Duration::from_secs(5);
+/// The most one connection may take from accept to a complete message: a connection that
+/// sends nothing is closed after this, and one still trickling bytes is dropped unparsed.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(1);
+/// Guest connections read at once. Further ones wait in the kernel's listen backlog (we stop
+/// accepting at the limit, rather than accept and close them): a flood then costs the guest
+/// its own connect() calls, not our memory, and a legitimate message queued behind junk is
+/// reached in the order it came.
+pub const MAX_CONNECTIONS: usize = 8;
+/// fds kept free for the supervisor itself while guest connections are open: the API
+/// connections for the ACPI power button and the watchdog's ping, above all.
+const FD_RESERVE: usize = 8;
+/// How long accepting pauses after it failed (doubling per failure up to the maximum): running
+/// out of fds (EMFILE, ENFILE) or memory (ENOBUFS, ENOMEM) leaves the connection in the
+/// backlog and the listener readable, so retrying at once would spin.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// Problem reports (dropped connections, accept failures) let through per window; the rest are
+/// counted and the count is said with the next report and at exit.
+const PROBLEM_BURST: u32 = 10;
+const PROBLEM_WINDOW: Duration = Duration::from_secs(60);
+/// Distinct stranger CIDs named in a warning of their own; any further ones count as problems.
+const MAX_STRANGERS: usize = 64;
 
 /// What a guest said, reduced to what the host acts on.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -60,18 +99,42 @@ pub fn parse(bytes: &[u8]) -> GuestMessage {
 /// The guest is not trusted: its text is shown in `systemctl status` and the journal, so
 /// control characters go and the length is bounded.
 fn sanitize(s: &str) -> String {
-    // Bidirectional overrides and zero-width characters could make a guest's text read
-    // differently in a terminal than it is.
-    let invisible = |c: char| {
-        matches!(
-            c,
-            '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}'
-        )
-    };
     s.chars()
-        .filter(|&c| !c.is_control() && !invisible(c))
+        .filter(|&c| !c.is_control() && !is_format_or_separator(c))
         .take(200)
         .collect()
+}
+
+/// Unicode's format characters (general category Cf: bidirectional controls, zero-width and
+/// invisible characters, tags) and the line and paragraph separators (Zl U+2028, Zp U+2029,
+/// #11): they could make a guest's text break lines or read differently in a terminal or the
+/// journal than it is. The Cf list is Unicode 16's, written out rather than taken from a crate
+/// because it is short and changes rarely; an unlisted future Cf character is at worst shown.
+fn is_format_or_separator(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00ad}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061c}'
+            | '\u{06dd}'
+            | '\u{070f}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08e2}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{110bd}'
+            | '\u{110cd}'
+            | '\u{13430}'..='\u{1343f}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0001}'
+            | '\u{e0020}'..='\u{e007f}'
+    )
 }
 
 /// The port in a `vmm.notify_socket` value, if it is one credbridge can relay.
@@ -207,22 +270,246 @@ impl Drop for Relay {
     }
 }
 
-/// Reads one message and closes the connection (by dropping it) as soon as it is in.
-pub async fn read_one<S: AsyncRead + Unpin>(mut stream: S) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut len = match tokio::time::timeout(IDLE_LIMIT, stream.read(&mut buf)).await {
-        Ok(r) => r?,
-        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "no message")),
-    };
-    while len > 0 && len < buf.len() {
-        match tokio::time::timeout(TAIL_WAIT, stream.read(&mut buf[len..])).await {
-            Ok(Ok(0)) | Err(_) => break,
-            Ok(Ok(n)) => len += n,
-            Ok(Err(e)) => return Err(e),
+/// Why a guest connection carried no message the host acts on.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("a guest notification longer than {MAX_MESSAGE} bytes was dropped unread")]
+    TooLong,
+    #[error(
+        "a guest notification connection sent nothing within {CONNECTION_DEADLINE:?} and was closed"
+    )]
+    Silent,
+    #[error(
+        "a guest notification was still arriving after {CONNECTION_DEADLINE:?} and was dropped"
+    )]
+    TooSlow,
+    #[error("reading a guest notification failed: {0}")]
+    Io(io::Error),
+}
+
+/// Reads one message, to the end of the stream or a quiet `TAIL_WAIT` after its last bytes,
+/// within `CONNECTION_DEADLINE` and [`MAX_MESSAGE`]. The caller closes the connection by
+/// dropping it, which is what the guest's systemd waits for.
+pub async fn read_one<S: AsyncRead + Unpin>(mut stream: S) -> Result<Vec<u8>, ReadError> {
+    let deadline = Instant::now() + CONNECTION_DEADLINE;
+    // One byte more than the limit tells a message at the limit from a longer one.
+    let mut buf = vec![0u8; MAX_MESSAGE + 1];
+    let mut len = 0;
+    loop {
+        let until = if len == 0 {
+            deadline
+        } else {
+            (Instant::now() + TAIL_WAIT).min(deadline)
+        };
+        match tokio::time::timeout_at(until, stream.read(&mut buf[len..])).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => {
+                len += n;
+                if len > MAX_MESSAGE {
+                    return Err(ReadError::TooLong);
+                }
+            }
+            Ok(Err(e)) => return Err(ReadError::Io(e)),
+            Err(_) if len == 0 => return Err(ReadError::Silent),
+            Err(_) if until == deadline => return Err(ReadError::TooSlow),
+            Err(_) => break,
         }
     }
     buf.truncate(len);
     Ok(buf)
+}
+
+/// A rate limit for log lines: at most `burst` per `window`; the rest are counted.
+#[derive(Debug)]
+pub struct LogLimit {
+    burst: u32,
+    window: Duration,
+    started: Option<Instant>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    pub const fn new(burst: u32, window: Duration) -> LogLimit {
+        LogLimit {
+            burst,
+            window,
+            started: None,
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether a line may be logged now; if so, also how many were suppressed before it.
+    pub fn admit(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .started
+            .is_none_or(|s| now.duration_since(s) >= self.window)
+        {
+            self.started = Some(now);
+            self.used = 0;
+        }
+        if self.used < self.burst {
+            self.used += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+
+    /// Lines suppressed since the last one let through; the count starts again.
+    pub fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
+    }
+}
+
+/// The relay at work: accepts guest connections up to a limit, reads each on its own task, and
+/// hands the supervisor one parsed message at a time. Nothing the guest sends is queued beyond
+/// the connections being read: at most `limit` buffers of [`MAX_MESSAGE`] bytes (#11).
+pub struct Inbox {
+    relay: Relay,
+    reading: JoinSet<Result<Vec<u8>, ReadError>>,
+    limit: usize,
+    paused_until: Option<Instant>,
+    pause: Duration,
+    /// Accept failures since the last success; only the first of a run is logged.
+    failing: u64,
+    problems: LogLimit,
+    strangers: HashSet<u32>,
+}
+
+impl Inbox {
+    /// Starts relaying. The connection limit is [`MAX_CONNECTIONS`], lowered when the fd limit
+    /// (`LimitNOFILE=`) would not leave `FD_RESERVE` fds free beside it; so call this once
+    /// the supervisor's own fds are open.
+    pub fn new(relay: Relay) -> Inbox {
+        let limit = match crate::sys::fd_headroom() {
+            Ok(free) => {
+                let limit = connection_limit(free);
+                if limit < MAX_CONNECTIONS {
+                    tracing::warn!(
+                        "only {free} more fds may be opened (LimitNOFILE=), so the guest's notifications are read {limit} connection{} at a time instead of {MAX_CONNECTIONS}",
+                        if limit == 1 { "" } else { "s" }
+                    );
+                }
+                limit
+            }
+            Err(e) => {
+                tracing::debug!("cannot count free fds ({e}); assuming enough");
+                MAX_CONNECTIONS
+            }
+        };
+        Inbox {
+            relay,
+            reading: JoinSet::new(),
+            limit,
+            paused_until: None,
+            pause: ACCEPT_PAUSE,
+            failing: 0,
+            problems: LogLimit::new(PROBLEM_BURST, PROBLEM_WINDOW),
+            strangers: HashSet::new(),
+        }
+    }
+
+    /// The next message from the guest that says anything. Cancel safe: all state is in
+    /// `self`, and every await in it is a cancel-safe accept, sleep or join.
+    pub async fn next(&mut self) -> GuestMessage {
+        loop {
+            let may_accept = self.paused_until.is_none() && self.reading.len() < self.limit;
+            tokio::select! {
+                conn = self.relay.accept(), if may_accept => self.on_accept(conn),
+                _ = crate::backend::sleep_until(self.paused_until), if self.paused_until.is_some() => {
+                    self.paused_until = None;
+                }
+                Some(done) = self.reading.join_next() => match done {
+                    Ok(Ok(bytes)) => {
+                        let m = parse(&bytes);
+                        if m != GuestMessage::default() {
+                            return m;
+                        }
+                    }
+                    Ok(Err(e)) => self.problem(format_args!("{e}")),
+                    Err(e) => self.problem(format_args!("a guest notification reader failed: {e}")),
+                },
+            }
+        }
+    }
+
+    fn on_accept(&mut self, conn: io::Result<Accepted>) {
+        match conn {
+            Ok(Accepted::Guest(stream)) => {
+                if self.failing > 0 {
+                    tracing::info!(
+                        "accepting the guest's notifications again, after {} failed attempt{}",
+                        self.failing,
+                        if self.failing == 1 { "" } else { "s" }
+                    );
+                    self.failing = 0;
+                }
+                self.pause = ACCEPT_PAUSE;
+                // Each connection is read on its own task, so a slow or silent one never holds
+                // up the others or the supervisor.
+                self.reading.spawn(read_one(stream));
+            }
+            Ok(Accepted::Stranger { cid }) => {
+                if self.strangers.len() < MAX_STRANGERS && self.strangers.insert(cid) {
+                    tracing::warn!(
+                        "ignored a notification connection from vsock CID {cid}; only the guest's CID may send (further ones from CID {cid} are logged at debug level)"
+                    );
+                } else if self.strangers.contains(&cid) {
+                    tracing::debug!("ignored a notification connection from vsock CID {cid}");
+                } else {
+                    self.problem(format_args!(
+                        "ignored a notification connection from vsock CID {cid}"
+                    ));
+                }
+            }
+            Err(e) => {
+                let scarce = matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                );
+                if self.failing == 0 {
+                    tracing::warn!(
+                        "accepting a guest notification connection failed: {e}{}; retrying with pauses of up to {ACCEPT_PAUSE_MAX:?}, and said again only once it works",
+                        if scarce {
+                            " (out of fds or memory: raise LimitNOFILE=, or look for what holds them)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                self.failing += 1;
+                self.paused_until = Some(Instant::now() + self.pause);
+                self.pause = (self.pause * 2).min(ACCEPT_PAUSE_MAX);
+            }
+        }
+    }
+
+    fn problem(&mut self, what: std::fmt::Arguments<'_>) {
+        if let Some(suppressed) = self.problems.admit(Instant::now()) {
+            if suppressed > 0 {
+                tracing::warn!("{suppressed} further guest notification problems suppressed");
+            }
+            tracing::warn!("{what}");
+        }
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let suppressed = self.problems.take_suppressed();
+        if suppressed > 0 {
+            tracing::warn!("{suppressed} further guest notification problems suppressed");
+        }
+    }
+}
+
+/// Guest connections read at once, given `free` fds: [`MAX_CONNECTIONS`] while that leaves
+/// `FD_RESERVE` free, fewer when not, and always one, or the guest could never be heard.
+fn connection_limit(free: usize) -> usize {
+    free.saturating_sub(FD_RESERVE).clamp(1, MAX_CONNECTIONS)
 }
 
 #[cfg(test)]
@@ -252,6 +539,129 @@ mod tests {
         assert_eq!(m.status.as_deref(), Some("abc"));
         let m = parse(b"STATUS=\xff\xfe ok");
         assert!(m.status.unwrap().ends_with(" ok"));
+    }
+
+    #[test]
+    fn line_separators_and_format_characters_are_dropped_from_guest_text_11() {
+        // U+2028/U+2029 start a new line in the journal and in terminals that honour them.
+        let m = parse("STATUS=a\u{2028}b\u{2029}c".as_bytes());
+        assert_eq!(m.status.as_deref(), Some("abc"));
+        // Isolates, a soft hyphen, a tag character, Arabic number sign, an interlinear anchor.
+        let m = parse("STATUS=x\u{2066}y\u{2069}z\u{ad}\u{e0041}\u{600}\u{fff9}!".as_bytes());
+        assert_eq!(m.status.as_deref(), Some("xyz!"));
+        let m = parse("ERRNO=5\u{2028}\nEXIT_STATUS=\u{85}3".as_bytes());
+        assert_eq!(m.errno.as_deref(), Some("5"));
+        assert_eq!(m.exit_status.as_deref(), Some("3"));
+        // Ordinary text outside ASCII stays.
+        let m = parse("STATUS=Démarrage – 启动 ✓".as_bytes());
+        assert_eq!(m.status.as_deref(), Some("Démarrage – 启动 ✓"));
+    }
+
+    /// A connected pair: the guest's end and ours.
+    fn pair() -> (std::os::unix::net::UnixStream, tokio::net::UnixStream) {
+        let (guest, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (guest, tokio::net::UnixStream::from_std(ours).unwrap())
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_half_closed_message_is_read_at_end_of_stream_without_a_wait_11() {
+        use std::io::Write;
+        let (mut guest, ours) = pair();
+        guest.write_all(b"READY=1\nSTATUS=up").unwrap();
+        guest.shutdown(std::net::Shutdown::Write).unwrap();
+        // The clock is paused: any timer that fired would show as elapsed time.
+        let t = Instant::now();
+        assert_eq!(read_one(ours).await.unwrap(), b"READY=1\nSTATUS=up");
+        assert_eq!(t.elapsed(), Duration::ZERO);
+
+        // A sender whose half-close never reaches us (cloud-hypervisor <= 52): the message ends
+        // after a quiet TAIL_WAIT.
+        let (mut guest, ours) = pair();
+        guest.write_all(b"READY=1").unwrap();
+        let t = Instant::now();
+        assert_eq!(read_one(ours).await.unwrap(), b"READY=1");
+        assert_eq!(t.elapsed(), TAIL_WAIT);
+        drop(guest);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn messages_are_bounded_in_size_and_time_11() {
+        use std::io::Write;
+        let at_limit = vec![b'x'; MAX_MESSAGE];
+        let (mut guest, ours) = pair();
+        guest.write_all(&at_limit).unwrap();
+        guest.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(read_one(ours).await.unwrap().len(), MAX_MESSAGE);
+
+        // One byte more is dropped, read no further than the limit and one byte: the guest's
+        // side still holds what was never read.
+        let (mut guest, ours) = pair();
+        guest.set_nonblocking(true).unwrap();
+        let big = vec![b'x'; 64 * 1024];
+        let written = guest.write(&big).unwrap();
+        assert!(written > MAX_MESSAGE + 1, "{written}");
+        assert!(matches!(read_one(ours).await, Err(ReadError::TooLong)));
+
+        // Nothing at all: closed at the deadline.
+        let (guest, ours) = pair();
+        let t = Instant::now();
+        assert!(matches!(read_one(ours).await, Err(ReadError::Silent)));
+        assert_eq!(t.elapsed(), CONNECTION_DEADLINE);
+        drop(guest);
+
+        // A trickle that never pauses for TAIL_WAIT: dropped at the deadline.
+        let (guest, ours) = pair();
+        let trickle = tokio::spawn(async move {
+            let mut guest = guest;
+            loop {
+                if guest.write_all(b"x").is_err() {
+                    break;
+                }
+                tokio::time::sleep(TAIL_WAIT / 2).await;
+            }
+        });
+        let t = Instant::now();
+        assert!(matches!(read_one(ours).await, Err(ReadError::TooSlow)));
+        assert_eq!(t.elapsed(), CONNECTION_DEADLINE);
+        trickle.abort();
+    }
+
+    #[test]
+    fn log_limit_lets_a_burst_through_and_counts_the_rest_11() {
+        let mut l = LogLimit::new(3, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(l.admit(t0), Some(0));
+        assert_eq!(l.admit(t0), Some(0));
+        assert_eq!(l.admit(t0 + Duration::from_secs(1)), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(l.admit(t0 + Duration::from_secs(59)), None);
+        }
+        // The next window: the first line carries the count of those dropped.
+        assert_eq!(l.admit(t0 + Duration::from_secs(60)), Some(1000));
+        assert_eq!(l.admit(t0 + Duration::from_secs(60)), Some(0));
+        assert_eq!(l.admit(t0 + Duration::from_secs(60)), Some(0));
+        assert_eq!(l.admit(t0 + Duration::from_secs(61)), None);
+        assert_eq!(l.take_suppressed(), 1);
+        assert_eq!(l.take_suppressed(), 0);
+    }
+
+    #[test]
+    fn the_connection_limit_leaves_fds_for_the_supervisor_11() {
+        assert_eq!(connection_limit(10_000), MAX_CONNECTIONS);
+        assert_eq!(
+            connection_limit(FD_RESERVE + MAX_CONNECTIONS),
+            MAX_CONNECTIONS
+        );
+        assert_eq!(connection_limit(FD_RESERVE + 3), 3);
+        assert_eq!(
+            connection_limit(FD_RESERVE),
+            1,
+            "the guest can still be heard"
+        );
+        assert_eq!(connection_limit(0), 1);
+        let free = crate::sys::fd_headroom().unwrap();
+        assert!(free > 0 && free < 1 << 31, "{free}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use crate::apisocket::ApiSocketError;
 use crate::backend::{Backend, BackendEvent, Boxed, maybe, sleep_until};
 use crate::cli::{Delivery, Ready};
-use crate::guestnotify::{self, Accepted, Bound, GuestMessage, Relay};
+use crate::guestnotify::{self, Bound, GuestMessage, Inbox, LogLimit, Relay};
 use crate::hostenv::HostEnv;
 use crate::notify::Notifier;
 use crate::plan::{Plan, PlanError, Target};
@@ -31,6 +31,10 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 const GUEST_PROGRESS_EXTENSION: Duration = Duration::from_secs(30);
 /// How long a failed hand-over waits for the hypervisor's exit to explain it.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
+/// Guest STATUS= lines logged per window (#11): the guest's PID 1 sends one about every 333 ms
+/// while boot jobs run, and a hostile guest as many as it can. Each still reaches systemd.
+const GUEST_STATUS_LOG_BURST: u32 = 30;
+const GUEST_STATUS_LOG_WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SuperviseError {
@@ -158,6 +162,7 @@ struct Supervisor<'a> {
     stop_deadline: Option<Instant>,
     failure: Option<String>,
     power_fut: Option<Boxed<Result<(), String>>>,
+    guest_log: LogLimit,
 }
 
 impl<'a> Supervisor<'a> {
@@ -222,6 +227,7 @@ impl<'a> Supervisor<'a> {
             stop_deadline: None,
             failure: None,
             power_fut: None,
+            guest_log: LogLimit::new(GUEST_STATUS_LOG_BURST, GUEST_STATUS_LOG_WINDOW),
         };
         if sup.plan.ready == Ready::Spawn {
             sup.become_ready("hypervisor started");
@@ -240,8 +246,8 @@ impl<'a> Supervisor<'a> {
         let mut ping_fut: Option<Boxed<Result<(), String>>> = None;
         let mut ping_failing = false;
         let mut boot_error: Option<(String, Instant)> = None;
-        let (guest_tx, mut guest_rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut strangers = std::collections::HashSet::new();
+        // Made now that the supervisor's own fds are open: its connection limit counts them.
+        let mut guest = guest.map(Inbox::new);
 
         let status = loop {
             tokio::select! {
@@ -332,30 +338,8 @@ impl<'a> Supervisor<'a> {
                         }
                     }
                 },
-                conn = async { match guest.as_ref() { Some(g) => g.accept().await, None => pending().await } } => {
-                    match conn {
-                        Ok(Accepted::Stranger { cid }) => {
-                            // A guest can connect as often as it likes: one warning per CID.
-                            if strangers.insert(cid) {
-                                tracing::warn!("ignored a notification connection from vsock CID {cid}; only the guest's CID may send (further ones from CID {cid} are logged at debug level)");
-                            } else {
-                                tracing::debug!("ignored a notification connection from vsock CID {cid}");
-                            }
-                        }
-                        Ok(Accepted::Guest(stream)) => {
-                            let tx = guest_tx.clone();
-                            // Each connection is read and closed on its own, so a slow or silent
-                            // guest connection never holds up the others or the supervisor.
-                            tokio::spawn(async move {
-                                let _ = tx.send(guestnotify::read_one(stream).await);
-                            });
-                        }
-                        Err(e) => tracing::warn!("accepting a guest notification failed: {e}"),
-                    }
-                },
-                Some(msg) = guest_rx.recv() => match msg {
-                    Ok(bytes) => sup.on_guest_message(&guestnotify::parse(&bytes)),
-                    Err(e) => tracing::debug!("guest notification connection: {e}"),
+                m = async { match guest.as_mut() { Some(g) => g.next().await, None => pending().await } } => {
+                    sup.on_guest_message(&m);
                 },
                 _ = signals.term.recv() => sup.on_stop_signal("SIGTERM"),
                 _ = signals.int.recv() => sup.on_stop_signal("SIGINT"),
@@ -408,7 +392,12 @@ impl<'a> Supervisor<'a> {
 
     fn on_guest_message(&mut self, m: &GuestMessage) {
         if let Some(status) = &m.status {
-            tracing::info!("guest: {status}");
+            if let Some(suppressed) = self.guest_log.admit(Instant::now()) {
+                if suppressed > 0 {
+                    tracing::info!("({suppressed} further guest STATUS lines not logged)");
+                }
+                tracing::info!("guest: {status}");
+            }
             self.notify.status(&format!("guest: {status}"));
             if !self.ready && self.stop == Stop::Running {
                 self.notify

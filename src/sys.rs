@@ -189,6 +189,34 @@ pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(io::Error::from)
 }
 
+/// How many more fds this process may open: RLIMIT_NOFILE's soft limit less the fds open
+/// below it (a new fd always takes the lowest free number, so any above the limit do not count).
+pub fn fd_headroom() -> io::Result<usize> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through the pointer, which lives for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let soft = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX);
+    let mut open = 0usize;
+    // The directory's own fd is in the listing too, and is closed again right after.
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        if let Some(fd) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<usize>().ok())
+        {
+            if fd < soft {
+                open += 1;
+            }
+        }
+    }
+    Ok(soft.saturating_sub(open.saturating_sub(1)))
+}
+
 // VHOST_VSOCK_SET_GUEST_CID = _IOW(VHOST_VIRTIO 0xAF, 0x60, __u64) (linux/vhost.h).
 nix::ioctl_write_ptr!(vhost_vsock_set_guest_cid_raw, 0xAF, 0x60, u64);
 
