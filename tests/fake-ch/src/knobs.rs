@@ -22,6 +22,7 @@ pub struct Knobs {
     pub guest_notify: Option<(u32, Vec<String>)>,
     pub guest_notify_gap_ms: u64,
     pub guest_notify_close_timeout_ms: u64,
+    pub guest_notify_half_close: bool,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -89,6 +90,7 @@ impl Knobs {
             guest_notify_gap_ms: num("FAKE_CH_GUEST_NOTIFY_GAP_MS").unwrap_or(10),
             guest_notify_close_timeout_ms: num("FAKE_CH_GUEST_NOTIFY_CLOSE_TIMEOUT_MS")
                 .unwrap_or(2000),
+            guest_notify_half_close: on("FAKE_CH_GUEST_NOTIFY_HALF_CLOSE"),
         }
     }
 

@@ -37,6 +37,9 @@
 //! - `FAKE_CH_GUEST_NOTIFY_GAP_MS=<ms>` (default 10): pause between messages.
 //! - `FAKE_CH_GUEST_NOTIFY_CLOSE_TIMEOUT_MS=<ms>` (default 2000): how long each message waits
 //!   for the host to close before giving up (recorded as `timed_out`).
+//! - `FAKE_CH_GUEST_NOTIFY_HALF_CLOSE=1`: shut down the write side after each message, as the
+//!   host sees systemd >= 256 through cloud-hypervisor >= 53 (without it: <= 52, which never
+//!   passes the guest's half-close on).
 
 fn main() {
     fake_cloud_hypervisor::run()

@@ -4,9 +4,12 @@
 //! to `<--vsock socket>_<port>` and forwards bytes; nothing is written to the host side first
 //! (the `CONNECT`/`OK <port>` handshake exists only for host-initiated connections). A relative
 //! socket path is relative to CH's cwd.
-//! Like the guest's systemd >= 256, each message goes on its own connection, the write side
-//! stays open, and the sender waits for the host to close (up to
-//! `FAKE_CH_GUEST_NOTIFY_CLOSE_TIMEOUT_MS`, default 2000, like the stall seen in guests).
+//! Like the guest's systemd >= 256, each message goes on its own connection and the sender
+//! waits for the host to close (up to `FAKE_CH_GUEST_NOTIFY_CLOSE_TIMEOUT_MS`, default 2000,
+//! like the stall seen in guests). systemd shuts down its write side after the message
+//! (sd-daemon.c, pid_notify_with_fds_internal()); cloud-hypervisor <= 52 never passes that on
+//! to the host socket, >= 53 does (microvm.nix, lib/runners/cloud-hypervisor.nix): the write
+//! side stays open here unless `FAKE_CH_GUEST_NOTIFY_HALF_CLOSE=1`.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -55,6 +58,9 @@ pub fn run(vsock_socket: Option<String>, port: u32, messages: Vec<String>) {
         }
         rec["written_ms"] = json!(record::mono_ms());
         rec["written_realtime_ns"] = json!(record::realtime_ns().to_string());
+        if knobs.guest_notify_half_close {
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+        }
         let timeout = Duration::from_millis(knobs.guest_notify_close_timeout_ms);
         let deadline = Instant::now() + timeout;
         let mut extra = Vec::new();

@@ -537,6 +537,40 @@ fn guest_notify_over_vsock_unix_socket() {
     assert_eq!(wait_exit(&mut child, 5).code(), Some(0));
 }
 
+/// With `FAKE_CH_GUEST_NOTIFY_HALF_CLOSE=1` the host reads each message to end of stream (as
+/// from systemd >= 256 through cloud-hypervisor >= 53), and the sender still waits for the close.
+#[test]
+fn guest_notify_half_close_reaches_the_host_as_end_of_stream() {
+    let dir = TempDir::new("notify-eof");
+    let listener = UnixListener::bind(dir.join("notify.vsock_8888")).unwrap();
+    let k = kernel(&dir);
+    let mut child = fake(
+        &dir,
+        &["--kernel", &k, "--vsock", "cid=3,socket=notify.vsock"],
+    )
+    .env("FAKE_CH_GUEST_NOTIFY", "8888:READY=1")
+    .env("FAKE_CH_GUEST_NOTIFY_HALF_CLOSE", "1")
+    .spawn()
+    .unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got)
+        .expect("end of stream, not a timeout");
+    assert_eq!(got, "READY=1");
+    std::thread::sleep(Duration::from_millis(100));
+    let log = dir.join("rec/guest_notify.jsonl");
+    assert!(
+        read_jsonl(&log).is_empty(),
+        "the sender waits for our close"
+    );
+    drop(s);
+    wait_for("notify record", 5, || read_jsonl(&log).len() == 1);
+    assert!(read_jsonl(&log)[0]["peer_closed_ms"].is_number());
+    signal(&child, Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut child, 5).code(), Some(0));
+}
+
 #[test]
 fn fault_knobs() {
     // vm.create answers the injected error and creates nothing.
