@@ -10,12 +10,19 @@
 //! - `vm:booted` → `READY=1`: the fake records the OEM strings (`oem_strings.json`, renamed
 //!   into place, seen here through inotify) immediately before it writes `vm:booted`;
 //! - guest `READY=1` → host `READY=1` with `--ready guest`: the fake, acting as the guest,
-//!   records the wall-clock time it wrote the message;
+//!   records the wall-clock time it wrote the message; once with a sender that shuts down its
+//!   write side after the message (systemd >= 256 through cloud-hypervisor >= 53 or kernel
+//!   vhost-vsock), once with one whose half-close never arrives (cloud-hypervisor <= 52);
+//! - the relay under a flood of junk guest connections (#11): credbridge's peak RSS, CPU
+//!   seconds, log bytes, and how long a `READY=1` sent in the middle of it takes;
 //! - VmRSS/VmHWM of credbridge once it is supervising, and the binary's size;
 //! - the criterion medians of `benches/codec.rs`, read from its `estimates.json`.
 //!
 //! Needs the release fake: `bench/run.sh` builds it. Alone: `cargo bench --bench startup`.
-//! `BENCH_ROUNDS` (default 20) sets the rounds.
+//! `BENCH_ROUNDS` (default 20) sets the rounds. `BENCH_BASELINE=<credbridge binary>` (with
+//! `BENCH_BASELINE_REV`, its git revision, for the label) measures the relay figures of an older
+//! build beside this one; `bench/run.sh` builds it. `BENCH_FLOOD_SECS` (default 10) sets the
+//! flood's length, `BENCH_FLOOD_CAP_MIB` (default 2048) the RSS at which a flood is cut short.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -26,7 +33,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -79,6 +87,19 @@ impl NotifySocket {
 
     fn drain(&self) {
         while self.rx.try_recv().is_ok() {}
+    }
+
+    /// Waits up to `within` for a message containing `needle`.
+    fn wait_for(&self, needle: &str, within: Duration) -> Option<(Instant, SystemTime)> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((t, wall, m)) if m.contains(needle) => return Some((t, wall)),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
     }
 
     fn wait_ready(&self) -> (Instant, SystemTime) {
@@ -165,7 +186,11 @@ impl World {
     }
 
     fn credbridge(&self, bins: &Bins, extra: &[&str]) -> Command {
-        let mut c = Command::new(&bins.credbridge);
+        self.credbridge_bin(&bins.credbridge, extra)
+    }
+
+    fn credbridge_bin(&self, bin: &Path, extra: &[&str]) -> Command {
+        let mut c = Command::new(bin);
         c.arg("run")
             .args(["--smbios-budget", "65404", "--log-level", "warn"])
             .args(extra)
@@ -382,14 +407,19 @@ fn booted_to_ready(bins: &Bins, world: &mut World) -> Duration {
     ready.saturating_duration_since(booted)
 }
 
-/// The guest's `READY=1` written → `READY=1` to systemd, with `--ready guest`.
-fn guest_to_ready(bins: &Bins, world: &mut World) -> Duration {
+/// The guest's `READY=1` written → `READY=1` to systemd, with `--ready guest`; `half_close`:
+/// the sender shuts down its write side after the message.
+fn guest_to_ready(bin: &Path, world: &mut World, half_close: bool) -> Duration {
     let record = world.fresh("record");
     std::fs::create_dir(&record).unwrap();
-    let mut cmd = world.credbridge(bins, &["--ready", "guest", "--vsock-cid", "3"]);
+    let mut cmd = world.credbridge_bin(bin, &["--ready", "guest", "--vsock-cid", "3"]);
     cmd.env("FAKE_CH_RECORD_DIR", &record)
         .env("FAKE_CH_GUEST_NOTIFY", "8888:READY=1")
-        .env("FAKE_CH_GUEST_NOTIFY_CLOSE_TIMEOUT_MS", "500");
+        .env("FAKE_CH_GUEST_NOTIFY_CLOSE_TIMEOUT_MS", "500")
+        .env(
+            "FAKE_CH_GUEST_NOTIFY_HALF_CLOSE",
+            if half_close { "1" } else { "0" },
+        );
     world.notify.drain();
     let mut child = cmd.spawn().expect("spawn credbridge");
     let (_, ready_wall) = world.notify.wait_ready();
@@ -412,6 +442,153 @@ fn guest_to_ready(bins: &Bins, world: &mut World) -> Duration {
     let _ = std::fs::remove_dir_all(&record);
     let ready_ns = ready_wall.duration_since(UNIX_EPOCH).unwrap().as_nanos();
     Duration::from_nanos(ready_ns.saturating_sub(written_ns) as u64)
+}
+
+/// What a 10 s flood of junk guest connections did to credbridge.
+struct Flood {
+    connections: usize,
+    /// VmHWM, KiB: before the flood and at its end.
+    idle_hwm: u64,
+    hwm: u64,
+    cpu: Duration,
+    log_bytes: u64,
+    /// From connect to `READY=1` on the notify socket, for a `READY=1` sent half way through.
+    ready: Option<Duration>,
+    /// Set when the flood was cut short at the RSS cap, after this long.
+    cut_at: Option<Duration>,
+}
+
+fn proc_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of proc_pid_stat(5); the state (field 3) is first here.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+}
+
+/// `--ready guest` under `secs` of junk connections to `<vsock socket>_8888`, where
+/// cloud-hypervisor connects for each guest connection: short junk, 8 KiB, a STATUS= line, nothing; three
+/// threads as fast as they go. Half way through, a `READY=1` as the guest's systemd sends it.
+fn flood(bin: &Path, world: &mut World, secs: f64, cap_kib: u64) -> Flood {
+    let log = world.fresh("flood-log");
+    let cmd = world.credbridge_bin(bin, &["--ready", "guest", "--vsock-cid", "3"]);
+    // At the default log level, as a unit runs it: the log's growth is one of the figures.
+    let args: Vec<_> = cmd
+        .get_args()
+        .map(|a| a.to_owned())
+        .filter(|a| a != "--log-level" && a != "warn")
+        .collect();
+    let mut plain = Command::new(cmd.get_program());
+    plain.args(args);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => plain.env(k, v),
+            None => plain.env_remove(k),
+        };
+    }
+    plain
+        .current_dir(world.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap());
+    world.notify.drain();
+    let mut child = plain.spawn().expect("spawn credbridge");
+    let pid = child.id();
+    world
+        .notify
+        .wait_for("VM booted", WAIT)
+        .expect("the VM booted");
+    let relay = world.dir.path().join("notify.vsock_8888");
+    let idle_hwm = memory(pid).hwm;
+    let done = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let (relay, stop, sent) = (relay.clone(), done.clone(), sent.clone());
+            thread::spawn(move || {
+                use std::io::Write;
+                let big = vec![b'A'; 8192];
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut s) = std::os::unix::net::UnixStream::connect(&relay) else {
+                        thread::sleep(Duration::from_millis(1));
+                        continue;
+                    };
+                    let _ = match i % 4 {
+                        0 => s.write_all(b"X_JUNK=1\nSTATUS"),
+                        1 => s.write_all(&big),
+                        2 => s.write_all(b"STATUS=junk status from a hostile guest"),
+                        _ => Ok(()),
+                    };
+                    i += 1;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    let total = Duration::from_secs_f64(secs);
+    let mut ready_sent: Option<Instant> = None;
+    let mut ready = None;
+    let mut hwm = idle_hwm;
+    let mut cut_at = None;
+    while t0.elapsed() < total {
+        if ready_sent.is_none() && t0.elapsed() >= total / 2 {
+            let relay = relay.clone();
+            ready_sent = Some(Instant::now());
+            thread::spawn(move || {
+                use std::io::{Read, Write};
+                let Ok(mut s) = std::os::unix::net::UnixStream::connect(&relay) else {
+                    return;
+                };
+                let _ = s.write_all(b"READY=1");
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                let _ = s.set_read_timeout(Some(WAIT));
+                let _ = s.read_to_end(&mut Vec::new());
+            });
+        }
+        if let (Some(at), None) = (ready_sent, ready) {
+            if let Some((t, _)) = world.notify.wait_for("READY=1", Duration::ZERO) {
+                ready = Some(t.saturating_duration_since(at));
+            }
+        }
+        hwm = hwm.max(memory(pid).hwm);
+        if hwm > cap_kib {
+            cut_at = Some(t0.elapsed());
+            break;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    done.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    if let (Some(at), None) = (ready_sent, ready) {
+        // Late is reported as late; never is reported as never (within the wait).
+        if let Some((t, _)) = world.notify.wait_for("READY=1", Duration::from_secs(1)) {
+            ready = Some(t.saturating_duration_since(at));
+        }
+    }
+    hwm = hwm.max(memory(pid).hwm);
+    let cpu = proc_cpu(pid);
+    stop(&mut child);
+    Flood {
+        connections: sent.load(Ordering::Relaxed),
+        idle_hwm,
+        hwm,
+        cpu,
+        log_bytes: std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0),
+        ready,
+        cut_at,
+    }
 }
 
 /// Whether this credbridge has `--ready guest` (added in the same release as this bench).
@@ -507,13 +684,20 @@ fn main() {
         shell_pattern: Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/shell-pattern.sh"),
     };
     let guest = has_guest_ready(&bins);
+    // The relay's figures, for this build and (bench/run.sh) the baseline before #11.
+    let mut relay_bins = vec![("this build".to_owned(), bins.credbridge.clone())];
+    if let Some(b) = std::env::var_os("BENCH_BASELINE") {
+        let rev = std::env::var("BENCH_BASELINE_REV").unwrap_or_else(|_| "baseline".into());
+        relay_bins.push((format!("baseline {rev}"), PathBuf::from(b)));
+    }
+    // guest_lat[binary][0: half-closing sender, 1: half-close never arrives]
+    let mut guest_lat: Vec<[Vec<Duration>; 2]> = vec![[Vec::new(), Vec::new()]; relay_bins.len()];
 
     let mut worlds: Vec<World> = COUNTS.iter().map(|&n| World::new(&bins, n)).collect();
     // samples[count index][variant index]
     let mut samples: Vec<Vec<Vec<Duration>>> = vec![vec![Vec::new(); VARIANTS.len()]; COUNTS.len()];
     let mut rss: Vec<Vec<Mem>> = vec![Vec::new(); COUNTS.len()];
     let mut booted_ready = Vec::new();
-    let mut guest_ready = Vec::new();
     let warmup = 2;
     eprint!("bench: {rounds} rounds (+{warmup} warm-up) ");
     for round in 0..rounds + warmup {
@@ -530,10 +714,16 @@ fn main() {
         }
         let world = &mut worlds[1];
         let d = booted_to_ready(&bins, world);
-        let g = guest.then(|| guest_to_ready(&bins, world));
         if round >= warmup {
             booted_ready.push(d);
-            guest_ready.extend(g);
+        }
+        for (bi, (_, bin)) in relay_bins.iter().enumerate().filter(|_| guest) {
+            for (mi, half_close) in [true, false].into_iter().enumerate() {
+                let g = guest_to_ready(bin, world, half_close);
+                if round >= warmup {
+                    guest_lat[bi][mi].push(g);
+                }
+            }
         }
         eprint!(".");
     }
@@ -641,18 +831,9 @@ fn main() {
         String::new(),
     ]);
     rows.push([
-        "guest READY=1 written → READY=1 sent (--ready guest)".into(),
+        "guest READY=1 written → READY=1 sent (--ready guest): see the relay table".into(),
         String::new(),
-        if guest_ready.is_empty() {
-            "skipped: this credbridge has no --ready guest".into()
-        } else {
-            let g = stats(guest_ready);
-            format!(
-                "{} ({:.1}× vm:booted → READY=1)",
-                spread(&g),
-                ratio(g.median, br.median)
-            )
-        },
+        String::new(),
         String::new(),
     ]);
 
@@ -728,6 +909,165 @@ fn main() {
     }
 
     print_table(&rows, rounds);
+
+    if !guest {
+        return;
+    }
+    let secs: f64 = std::env::var("BENCH_FLOOD_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10.0);
+    let cap_mib: u64 = std::env::var("BENCH_FLOOD_CAP_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
+    let floods: Vec<Flood> = relay_bins
+        .iter()
+        .map(|(name, bin)| {
+            eprintln!("bench: {secs} s flood of the guest notify relay, {name}");
+            flood(bin, &mut worlds[1], secs, cap_mib * 1024)
+        })
+        .collect();
+    print_relay_table(&relay_bins, guest_lat, &floods, secs, rounds);
+}
+
+fn print_relay_table(
+    bins: &[(String, PathBuf)],
+    lat: Vec<[Vec<Duration>; 2]>,
+    floods: &[Flood],
+    secs: f64,
+    rounds: usize,
+) {
+    let n = bins.len();
+    let mut head = vec!["measure (#11)".to_owned()];
+    head.extend(bins.iter().map(|(name, _)| name.clone()));
+    if n == 2 {
+        head.push(format!("{} ÷ {}", bins[0].0, bins[1].0));
+    }
+    let width = head.len();
+    let mut rows: Vec<Vec<String>> = vec![head];
+    let mut row = |label: &str, cells: Vec<String>, ratio: Option<f64>| {
+        let cells_empty = cells.is_empty();
+        let mut r = vec![label.to_owned()];
+        r.extend(cells);
+        if n == 2 {
+            r.push(match ratio {
+                Some(x) if x < 0.1 => format!("{x:.4}× (1/{:.0})", 1.0 / x),
+                Some(x) => format!("{x:.2}×"),
+                None if cells_empty => String::new(),
+                None => "n/a".into(),
+            });
+        }
+        r.resize(width, String::new());
+        rows.push(r);
+    };
+    let lat: Vec<[Stats; 2]> = lat.into_iter().map(|[a, b]| [stats(a), stats(b)]).collect();
+    let r2 = |a: f64, b: f64| (n == 2 && b > 0.0).then(|| a / b);
+    for (mi, label) in [
+        "guest READY=1 written → READY=1 sent, median [p10–p90]: sender half-closes (systemd ≥ 256 via cloud-hypervisor ≥ 53 or vhost-vsock)",
+        "… half-close never arrives (cloud-hypervisor ≤ 52): message ends after a quiet pause",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let med: Vec<f64> = lat.iter().map(|l| l[mi].median.as_secs_f64()).collect();
+        row(
+            label,
+            lat.iter().map(|l| spread(&l[mi])).collect(),
+            r2(med[0], *med.last().unwrap()),
+        );
+    }
+    row(
+        &format!(
+            "**{secs} s flood of junk guest connections (3 threads: short junk, 8 KiB, STATUS=, empty)**"
+        ),
+        vec![],
+        None,
+    );
+    row(
+        "connections the flood made",
+        floods.iter().map(|f| f.connections.to_string()).collect(),
+        r2(
+            floods[0].connections as f64,
+            floods.last().unwrap().connections as f64,
+        ),
+    );
+    row(
+        "credbridge peak RSS (VmHWM) during the flood (before it)",
+        floods
+            .iter()
+            .map(|f| {
+                let cut = f
+                    .cut_at
+                    .map(|t| format!(", flood cut short at {:.1} s", t.as_secs_f64()))
+                    .unwrap_or_default();
+                format!("{} ({}){cut}", mib(f.hwm), mib(f.idle_hwm))
+            })
+            .collect(),
+        r2(floods[0].hwm as f64, floods.last().unwrap().hwm as f64),
+    );
+    row(
+        "credbridge CPU time (user + system), whole run",
+        floods
+            .iter()
+            .map(|f| format!("{:.2} s", f.cpu.as_secs_f64()))
+            .collect(),
+        r2(
+            floods[0].cpu.as_secs_f64(),
+            floods.last().unwrap().cpu.as_secs_f64(),
+        ),
+    );
+    let per_k = |f: &Flood| f.cpu.as_secs_f64() * 1000.0 / f.connections.max(1) as f64;
+    row(
+        "… per 1000 connections",
+        floods
+            .iter()
+            .map(|f| format!("{:.1} ms", per_k(f) * 1000.0))
+            .collect(),
+        r2(per_k(&floods[0]), per_k(floods.last().unwrap())),
+    );
+    row(
+        "log bytes written (default log level), whole run",
+        floods.iter().map(|f| f.log_bytes.to_string()).collect(),
+        r2(
+            floods[0].log_bytes as f64,
+            floods.last().unwrap().log_bytes as f64,
+        ),
+    );
+    row(
+        "READY=1 sent half way through → relayed to NOTIFY_SOCKET",
+        floods
+            .iter()
+            .map(|f| match f.ready {
+                Some(d) => ms(d),
+                None => "never (not within the flood + 1 s)".into(),
+            })
+            .collect(),
+        match (floods[0].ready, floods.last().unwrap().ready) {
+            (Some(a), Some(b)) if n == 2 => Some(ratio(a, b)),
+            _ => None,
+        },
+    );
+    println!();
+    println!(
+        "guest notify relay: release builds, {rounds} rounds per latency, one flood each, all from one run"
+    );
+    println!();
+    let widths: Vec<usize> = (0..width)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for (i, r) in rows.iter().enumerate() {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+            .collect();
+        println!("| {} |", cells.join(" | "));
+        if i == 0 {
+            let sep: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            println!("|-{}-|", sep.join("-|-"));
+        }
+    }
 }
 
 fn print_table(rows: &[[String; 4]], rounds: usize) {

@@ -88,7 +88,8 @@ fn power_button_pressed(rig: &Rig) -> bool {
 }
 
 /// Junk connections, as fast as one thread can make them, until `stop`: short junk, 8 KiB
-/// (twice what a notification may be), nothing at all.
+/// (twice what a notification may be), a STATUS= line (relayed, but not logged each time),
+/// nothing at all.
 fn flood(path: PathBuf, stop: Arc<AtomicBool>, sent: Arc<AtomicUsize>) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let big = vec![b'A'; 8192];
@@ -98,9 +99,10 @@ fn flood(path: PathBuf, stop: Arc<AtomicBool>, sent: Arc<AtomicUsize>) -> thread
                 thread::sleep(Duration::from_millis(1));
                 continue;
             };
-            let _ = match i % 3 {
+            let _ = match i % 4 {
                 0 => s.write_all(b"X_JUNK=1\nSTATUS"),
                 1 => s.write_all(&big),
+                2 => s.write_all(b"STATUS=junk status from a hostile guest"),
                 _ => Ok(()),
             };
             i += 1;
