@@ -31,8 +31,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 const GUEST_PROGRESS_EXTENSION: Duration = Duration::from_secs(30);
 /// How long a failed hand-over waits for the hypervisor's exit to explain it.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
-/// Guest STATUS= lines logged per window (#11): the guest's PID 1 sends one about every 333 ms
-/// while boot jobs run, and a hostile guest as many as it can. Each still reaches systemd.
+/// Guest messages logged per window (#11): the guest's PID 1 sends a STATUS= about every 333 ms
+/// while boot jobs run, and a hostile guest as many as it can. Each is still acted on.
 const GUEST_STATUS_LOG_BURST: u32 = 30;
 const GUEST_STATUS_LOG_WINDOW: Duration = Duration::from_secs(10);
 
@@ -391,11 +391,20 @@ impl<'a> Supervisor<'a> {
     }
 
     fn on_guest_message(&mut self, m: &GuestMessage) {
-        if let Some(status) = &m.status {
-            if let Some(suppressed) = self.guest_log.admit(Instant::now()) {
-                if suppressed > 0 {
-                    tracing::info!("({suppressed} further guest STATUS lines not logged)");
+        // The guest decides how often it sends: its messages are logged within a rate limit.
+        let loggable =
+            m.status.is_some() || m.stopping || m.errno.is_some() || m.exit_status.is_some();
+        let log = loggable
+            && match self.guest_log.admit(Instant::now()) {
+                Some(0) => true,
+                Some(n) => {
+                    tracing::info!("({n} further guest messages not logged)");
+                    true
                 }
+                None => false,
+            };
+        if let Some(status) = &m.status {
+            if log {
                 tracing::info!("guest: {status}");
             }
             self.notify.status(&format!("guest: {status}"));
@@ -404,13 +413,13 @@ impl<'a> Supervisor<'a> {
                     .extend_timeout(GUEST_PROGRESS_EXTENSION.as_micros() as u64);
             }
         }
-        if m.stopping {
+        if m.stopping && log {
             tracing::info!("the guest is stopping");
         }
-        if let Some(e) = &m.errno {
+        if let Some(e) = m.errno.as_ref().filter(|_| log) {
             tracing::warn!("the guest reported ERRNO={e}");
         }
-        if let Some(e) = &m.exit_status {
+        if let Some(e) = m.exit_status.as_ref().filter(|_| log) {
             tracing::info!("the guest reported EXIT_STATUS={e}");
         }
         if m.ready && self.plan.ready == Ready::Guest && self.stop == Stop::Running {
