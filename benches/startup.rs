@@ -984,56 +984,53 @@ fn print_relay_table(
         vec![],
         None,
     );
-    row(
-        "connections the flood made",
-        floods.iter().map(|f| f.connections.to_string()).collect(),
-        r2(
-            floods[0].connections as f64,
-            floods.last().unwrap().connections as f64,
-        ),
+    // One row per figure: each build's cell, and the ratio of this build's value to the baseline's.
+    let per_k = |f: &Flood| f.cpu.as_secs_f64() * 1000.0 / f.connections.max(1) as f64;
+    type Figure<'a> = (
+        &'a str,
+        &'a dyn Fn(&Flood) -> String,
+        &'a dyn Fn(&Flood) -> f64,
     );
-    row(
-        "credbridge peak RSS (VmHWM) during the flood (before it)",
-        floods
-            .iter()
-            .map(|f| {
+    let figures: [Figure; 5] = [
+        (
+            "connections the flood made",
+            &|f| f.connections.to_string(),
+            &|f| f.connections as f64,
+        ),
+        (
+            "credbridge peak RSS (VmHWM) during the flood (before it)",
+            &|f| {
                 let cut = f
                     .cut_at
                     .map(|t| format!(", flood cut short at {:.1} s", t.as_secs_f64()))
                     .unwrap_or_default();
                 format!("{} ({}){cut}", mib(f.hwm), mib(f.idle_hwm))
-            })
-            .collect(),
-        r2(floods[0].hwm as f64, floods.last().unwrap().hwm as f64),
-    );
-    row(
-        "credbridge CPU time (user + system), whole run",
-        floods
-            .iter()
-            .map(|f| format!("{:.2} s", f.cpu.as_secs_f64()))
-            .collect(),
-        r2(
-            floods[0].cpu.as_secs_f64(),
-            floods.last().unwrap().cpu.as_secs_f64(),
+            },
+            &|f| f.hwm as f64,
         ),
-    );
-    let per_k = |f: &Flood| f.cpu.as_secs_f64() * 1000.0 / f.connections.max(1) as f64;
-    row(
-        "… per 1000 connections",
-        floods
-            .iter()
-            .map(|f| format!("{:.1} ms", per_k(f) * 1000.0))
-            .collect(),
-        r2(per_k(&floods[0]), per_k(floods.last().unwrap())),
-    );
-    row(
-        "log bytes written (default log level), whole run",
-        floods.iter().map(|f| f.log_bytes.to_string()).collect(),
-        r2(
-            floods[0].log_bytes as f64,
-            floods.last().unwrap().log_bytes as f64,
+        (
+            "credbridge CPU time (user + system), whole run",
+            &|f| format!("{:.2} s", f.cpu.as_secs_f64()),
+            &|f| f.cpu.as_secs_f64(),
         ),
-    );
+        (
+            "… per 1000 connections",
+            &|f| format!("{:.1} ms", per_k(f) * 1000.0),
+            &per_k,
+        ),
+        (
+            "log bytes written (default log level), whole run",
+            &|f| f.log_bytes.to_string(),
+            &|f| f.log_bytes as f64,
+        ),
+    ];
+    for (label, cell, value) in figures {
+        row(
+            label,
+            floods.iter().map(cell).collect(),
+            r2(value(&floods[0]), value(floods.last().unwrap())),
+        );
+    }
     row(
         "READY=1 sent half way through → relayed to NOTIFY_SOCKET",
         floods
