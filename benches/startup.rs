@@ -1050,33 +1050,31 @@ fn print_relay_table(
         "guest notify relay: release builds, {rounds} rounds per latency, one flood each, all from one run"
     );
     println!();
-    let widths: Vec<usize> = (0..width)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    for (i, r) in rows.iter().enumerate() {
-        let cells: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect();
-        println!("| {} |", cells.join(" | "));
-        if i == 0 {
-            let sep: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            println!("|-{}-|", sep.join("-|-"));
-        }
-    }
+    print_rows(&rows);
 }
 
 fn print_table(rows: &[[String; 4]], rounds: usize) {
-    let widths: Vec<usize> = (0..4)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
     println!(
         "credbridge start-path benchmark: release build, {rounds} rounds per figure, all from one run; {} cores",
         thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!();
+    print_rows(rows);
+}
+
+/// A Markdown table, columns padded to their widest cell; the first row is the header.
+fn print_rows<R: AsRef<[String]>>(rows: &[R]) {
+    let width = rows.first().map_or(0, |r| r.as_ref().len());
+    let widths: Vec<usize> = (0..width)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.as_ref()[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     for (i, r) in rows.iter().enumerate() {
+        let r = r.as_ref();
         let cells: Vec<String> = r
             .iter()
             .zip(&widths)
