@@ -40,6 +40,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use credbridge::events::EventParser;
 
+#[path = "../tests/common/guest.rs"]
+mod guest;
+
 const COUNTS: [usize; 3] = [1, 10, 100];
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -513,25 +516,7 @@ fn flood(bin: &Path, world: &mut World, secs: f64, cap_kib: u64) -> Flood {
     let threads: Vec<_> = (0..3)
         .map(|_| {
             let (relay, stop, sent) = (relay.clone(), done.clone(), sent.clone());
-            thread::spawn(move || {
-                use std::io::Write;
-                let big = vec![b'A'; 8192];
-                let mut i = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok(mut s) = std::os::unix::net::UnixStream::connect(&relay) else {
-                        thread::sleep(Duration::from_millis(1));
-                        continue;
-                    };
-                    let _ = match i % 4 {
-                        0 => s.write_all(b"X_JUNK=1\nSTATUS"),
-                        1 => s.write_all(&big),
-                        2 => s.write_all(b"STATUS=junk status from a hostile guest"),
-                        _ => Ok(()),
-                    };
-                    i += 1;
-                    sent.fetch_add(1, Ordering::Relaxed);
-                }
-            })
+            guest::flood(relay, stop, sent)
         })
         .collect();
     let t0 = Instant::now();
@@ -544,16 +529,7 @@ fn flood(bin: &Path, world: &mut World, secs: f64, cap_kib: u64) -> Flood {
         if ready_sent.is_none() && t0.elapsed() >= total / 2 {
             let relay = relay.clone();
             ready_sent = Some(Instant::now());
-            thread::spawn(move || {
-                use std::io::{Read, Write};
-                let Ok(mut s) = std::os::unix::net::UnixStream::connect(&relay) else {
-                    return;
-                };
-                let _ = s.write_all(b"READY=1");
-                let _ = s.shutdown(std::net::Shutdown::Write);
-                let _ = s.set_read_timeout(Some(WAIT));
-                let _ = s.read_to_end(&mut Vec::new());
-            });
+            thread::spawn(move || guest::systemd_notify(&relay, "READY=1", WAIT));
         }
         if let (Some(at), None) = (ready_sent, ready) {
             if let Some((t, _)) = world.notify.wait_for("READY=1", Duration::ZERO) {

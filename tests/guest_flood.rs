@@ -5,9 +5,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,41 +86,6 @@ fn power_button_pressed(rig: &Rig) -> bool {
     })
 }
 
-/// Junk connections, as fast as one thread can make them, until `stop`: short junk, 8 KiB
-/// (twice what a notification may be), a STATUS= line (relayed, but not logged each time),
-/// nothing at all.
-fn flood(path: PathBuf, stop: Arc<AtomicBool>, sent: Arc<AtomicUsize>) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
-        let big = vec![b'A'; 8192];
-        let mut i = 0usize;
-        while !stop.load(Ordering::Relaxed) {
-            let Ok(mut s) = UnixStream::connect(&path) else {
-                thread::sleep(Duration::from_millis(1));
-                continue;
-            };
-            let _ = match i % 4 {
-                0 => s.write_all(b"X_JUNK=1\nSTATUS"),
-                1 => s.write_all(&big),
-                2 => s.write_all(b"STATUS=junk status from a hostile guest"),
-                _ => Ok(()),
-            };
-            i += 1;
-            sent.fetch_add(1, Ordering::Relaxed);
-        }
-    })
-}
-
-/// What the guest's systemd (>= 256) does for one notification: connect, write, shut down the
-/// write side, wait for the host to close.
-fn systemd_notify(path: &Path, msg: &str) {
-    let mut s = UnixStream::connect(path).unwrap();
-    s.write_all(msg.as_bytes()).unwrap();
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    s.set_read_timeout(Some(T)).unwrap();
-    let mut rest = Vec::new();
-    let _ = s.read_to_end(&mut rest);
-}
-
 #[test]
 fn a_guest_ready_gets_through_a_flood_of_junk_connections_with_memory_and_log_bounded_11() {
     let mut rig = Rig::new();
@@ -143,7 +107,7 @@ fn a_guest_ready_gets_through_a_flood_of_junk_connections_with_memory_and_log_bo
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicUsize::new(0));
     let flooders: Vec<_> = (0..3)
-        .map(|_| flood(relay.clone(), stop.clone(), sent.clone()))
+        .map(|_| guest::flood(relay.clone(), stop.clone(), sent.clone()))
         .collect();
     // Memory is watched throughout: an unbounded relay is stopped before it hurts the machine.
     let started = Instant::now();
@@ -154,7 +118,10 @@ fn a_guest_ready_gets_through_a_flood_of_junk_connections_with_memory_and_log_bo
         if ready_sender.is_none() && started.elapsed() >= Duration::from_secs(2) {
             let path = relay.clone();
             let t0 = Instant::now();
-            ready_sender = Some((t0, thread::spawn(move || systemd_notify(&path, "READY=1"))));
+            ready_sender = Some((
+                t0,
+                thread::spawn(move || guest::systemd_notify(&path, "READY=1", T)),
+            ));
         }
         if let Some((t0, _)) = &ready_sender {
             if ready_after.is_none() && rig.notify.wait_for("READY=1", Duration::ZERO).is_some() {

@@ -2,6 +2,8 @@
 //! socket the test owns, and credentials made by `systemd-creds encrypt` + `decrypt`.
 #![allow(dead_code)]
 
+pub mod guest;
+
 use std::ffi::OsString;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
