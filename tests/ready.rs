@@ -1,7 +1,8 @@
 //! `--ready guest`: the guest's own READY=1 over vsock, relayed natively (issue #4). The fake
 //! cloud-hypervisor plays the guest: after boot it connects to `<vsock socket>_PORT` as
-//! cloud-hypervisor does for a guest connection and keeps its write side open like guest
-//! systemd >= 256.
+//! cloud-hypervisor does for a guest connection and, like guest systemd >= 256, waits for the
+//! host to close; its half-close never arrives, as with cloud-hypervisor <= 52 (the end of
+//! stream that newer ones pass on is tested in src/guestnotify.rs).
 
 mod common;
 
