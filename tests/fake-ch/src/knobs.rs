@@ -19,6 +19,8 @@ pub struct Knobs {
     pub api_error_echo: bool,
     pub bind_delay_ms: u64,
     pub ignore_sigterm: bool,
+    pub die_by_sigterm: bool,
+    pub vcpu_error_after_boot_ms: Option<u64>,
     pub guest_notify: Option<(u32, Vec<String>)>,
     pub guest_notify_gap_ms: u64,
     pub guest_notify_close_timeout_ms: u64,
@@ -86,6 +88,8 @@ impl Knobs {
             api_error_echo: on("FAKE_CH_API_ERROR_ECHO"),
             bind_delay_ms: num("FAKE_CH_BIND_DELAY_MS").unwrap_or(0),
             ignore_sigterm: on("FAKE_CH_IGNORE_SIGTERM"),
+            die_by_sigterm: on("FAKE_CH_DIE_BY_SIGTERM"),
+            vcpu_error_after_boot_ms: num("FAKE_CH_VCPU_ERROR_AFTER_BOOT_MS"),
             guest_notify,
             guest_notify_gap_ms: num("FAKE_CH_GUEST_NOTIFY_GAP_MS").unwrap_or(10),
             guest_notify_close_timeout_ms: num("FAKE_CH_GUEST_NOTIFY_CLOSE_TIMEOUT_MS")

@@ -231,7 +231,7 @@ fn start_api(sock: ApiSocket) {
 
 /// SIGTERM/SIGINT: CH's signal thread writes the exit event; the control loop runs
 /// `vmm_shutdown` and the process exits 0. They were blocked in `main` before any thread.
-fn start_signal_thread(set: SigSet, ignore_sigterm: bool) {
+fn start_signal_thread(set: SigSet, ignore_sigterm: bool, die_by_sigterm: bool) {
     thread::Builder::new()
         .name("signal_handler".into())
         .spawn(move || {
@@ -244,6 +244,17 @@ fn start_signal_thread(set: SigSet, ignore_sigterm: bool) {
                         &format!("{:.3} SIGTERM ignored", record::mono_ms()),
                     );
                     continue;
+                }
+                if sig == Signal::SIGTERM && die_by_sigterm {
+                    record::append_line(
+                        "signals.log",
+                        &format!("{:.3} SIGTERM death", record::mono_ms()),
+                    );
+                    // The disposition is the default; only the mask kept it pending.
+                    let mut term = SigSet::empty();
+                    term.add(Signal::SIGTERM);
+                    let _ = term.thread_unblock();
+                    let _ = nix::sys::signal::raise(Signal::SIGTERM);
                 }
                 record::append_line(
                     "signals.log",
@@ -335,7 +346,7 @@ pub fn run() -> ! {
 
     // Signals are handled from here on (a SIGTERM that came earlier was pending, blocked), so
     // a SIGTERM during FAKE_CH_BIND_DELAY_MS ends the process at once.
-    start_signal_thread(handled, knobs.ignore_sigterm);
+    start_signal_thread(handled, knobs.ignore_sigterm, knobs.die_by_sigterm);
     if knobs.bind_delay_ms > 0 {
         thread::sleep(Duration::from_millis(knobs.bind_delay_ms));
     }

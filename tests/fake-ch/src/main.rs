@@ -31,6 +31,11 @@
 //! - `FAKE_CH_API_HANG=<route>[,...]`: requests to that route are read and never answered.
 //! - `FAKE_CH_BIND_DELAY_MS=<ms>`: sleep before binding (`path=`) or serving (`fd=`) the API.
 //! - `FAKE_CH_IGNORE_SIGTERM=1`: ignore SIGTERM (SIGINT still exits), for kill escalation tests.
+//! - `FAKE_CH_DIE_BY_SIGTERM=1`: die by SIGTERM's default action instead of CH's clean exit 0
+//!   (a hypervisor, or a wrapper, that does not handle it).
+//! - `FAKE_CH_VCPU_ERROR_AFTER_BOOT_MS=<ms>`: that long after boot, fail like a vCPU error in
+//!   CH 54 (`VCPU generated error` logged, the exit event written): `vm:shutdown`,
+//!   `vm:deleted`, `vmm:shutdown`, exit 0, exactly as a guest poweroff looks.
 //! - `FAKE_CH_GUEST_NOTIFY=<port>:<msg1>|<msg2>|...`: after `vm:booted`, act as the guest's
 //!   systemd sending each message to `vsock-stream:2:<port>` (a literal `\n` in a message
 //!   becomes a newline); see `notify.rs`.

@@ -213,6 +213,25 @@ fn after_boot(config: &Value) {
             exit_process(code);
         });
     }
+    if let Some(ms) = knobs.vcpu_error_after_boot_ms {
+        // cpu.rs: `error!("VCPU generated error: ...")`, then `exit_evt.write(1)`; the control
+        // loop's Exit arm runs vmm_shutdown and the process exits 0, as for a guest poweroff.
+        let vcpu = thread::Builder::new().name("vcpu0".into());
+        let _ = vcpu.spawn(move || {
+            thread::sleep(Duration::from_millis(ms));
+            eprintln!(
+                "{}",
+                log_line(
+                    "ERROR",
+                    "vmm/src/cpu.rs",
+                    "VCPU generated error: VcpuRun(Failed to run vcpu)"
+                )
+            );
+            let mut vmm = state();
+            vmm_shutdown(&mut vmm);
+            exit_process(0);
+        });
+    }
     if let Some(ms) = knobs.kill_self_after_boot_ms {
         thread::spawn(move || {
             thread::sleep(Duration::from_millis(ms));
