@@ -94,12 +94,13 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "booted")]
     pub ready: Ready,
 
-    /// Stop the VM and fail if it is not ready in time (e.g. 90, 90s, 2min) [default: none,
-    /// systemd's TimeoutStartSec= applies].
+    /// Stop the VM and fail if it is not ready in time (e.g. 90, 90s, 2min; at most one day)
+    /// [default: none, systemd's TimeoutStartSec= applies].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub ready_timeout: Option<Duration>,
 
-    /// How long the guest gets to power off after the ACPI power button before SIGTERM.
+    /// How long the guest gets to power off after the ACPI power button before SIGTERM (at
+    /// most one day).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub stop_timeout: Duration,
 
@@ -139,7 +140,12 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-/// Seconds as systemd writes them: `30`, `30s`, `500ms`, `2min`.
+/// The longest `--ready-timeout` and `--stop-timeout` accepted: one day. Far above any real
+/// boot or shutdown, and far below what would overflow a deadline (`Instant + Duration` panics
+/// past the clock's range; 2^64 s did, issue #11).
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Seconds as systemd writes them: `30`, `30s`, `500ms`, `2min`; at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -157,6 +163,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ));
         }
     };
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{s:?} is longer than the limit of {}s (one day)",
+            MAX_DURATION.as_secs()
+        ));
+    }
     Ok(d)
 }
 
@@ -177,6 +189,31 @@ mod tests {
         assert_eq!(parse_duration("2min"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn durations_are_bounded_at_one_day() {
+        // Regression (#11): 2^64-1 s parsed, then `Instant::now() + d` panicked mid-run.
+        assert_eq!(parse_duration("86400"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("1440min"), Ok(MAX_DURATION));
+        assert_eq!(
+            parse_duration("86399999ms"),
+            Ok(MAX_DURATION - Duration::from_millis(1))
+        );
+        for over in ["86401", "86400001ms", "1441min", "18446744073709551615"] {
+            let e = parse_duration(over).unwrap_err();
+            assert!(e.contains("86400s") && e.contains(over), "{e}");
+        }
+        let e = Cli::try_parse_from([
+            "credbridge",
+            "run",
+            "--stop-timeout",
+            "18446744073709551615",
+            "--",
+            "cloud-hypervisor",
+        ])
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 2, "a usage error");
     }
 
     #[test]

@@ -1,0 +1,375 @@
+//! Process hardening, input bounds and truthful status (issue #11): what credbridge says about
+//! the VM matches what happened, bad bounds are usage errors, and the process cannot be dumped.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ExitStatus, Output};
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+const T: Duration = Duration::from_secs(10);
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn put(rig: &mut Rig, name: &str, value: &[u8]) {
+    std::fs::write(rig.creds.join(name), value).unwrap();
+    rig.secrets.push(value.to_vec());
+}
+
+fn spawn(rig: &Rig, flags: &[&str], knobs: &[(&str, &str)]) -> Child {
+    let args = rig.vm_args();
+    let mut cmd = rig.command("run", flags, &strs(&args));
+    for (k, v) in knobs {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+struct Ended {
+    status: ExitStatus,
+    stderr: String,
+    msgs: Vec<String>,
+}
+
+fn finish(rig: &mut Rig, mut child: Child) -> Ended {
+    let status = wait_exit(&mut child, T);
+    let stderr = stderr_of(&mut child);
+    rig.assert_no_secret_in("stderr", stderr.as_bytes());
+    let msgs = rig.notify.messages();
+    rig.assert_no_secret_in("the notify messages", msgs.join("\n").as_bytes());
+    Ended {
+        status,
+        stderr,
+        msgs,
+    }
+}
+
+/// `Command::output` with a deadline, so that a case the old code ran forever fails instead.
+fn output_within(rig: &Rig, flags: &[&str]) -> Output {
+    use std::io::Read;
+    let args = rig.vm_args();
+    let mut child = rig.command("run", flags, &strs(&args)).spawn().unwrap();
+    let status = wait_exit(&mut child, T);
+    let mut stdout = Vec::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut stdout)
+        .unwrap();
+    let stderr = stderr_of(&mut child).into_bytes();
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// The STATUS= of every notify message, in order.
+fn statuses(msgs: &[String]) -> Vec<String> {
+    msgs.iter()
+        .flat_map(|m| m.lines())
+        .filter_map(|l| l.strip_prefix("STATUS="))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn durations_beyond_a_day_are_usage_errors_before_anything_starts() {
+    // #11: 18446744073709551615 s parsed, then `Instant + Duration` panicked in the supervisor
+    // and the VM was killed without a graceful stop.
+    for flag in ["--ready-timeout", "--stop-timeout"] {
+        let mut rig = Rig::new();
+        put(&mut rig, "k", b"secret-huge-timeout");
+        let out = output_within(&rig, &[flag, "18446744073709551615"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains("86400s"),
+            "{flag}: {stderr}"
+        );
+        assert!(
+            !rig.record_file("pid").exists(),
+            "{flag}: the hypervisor must not have been started"
+        );
+    }
+}
+
+#[test]
+fn a_failed_start_whose_hypervisor_dies_by_our_sigterm_exits_125_and_says_why_last() {
+    // #11: credbridge re-raised the SIGTERM it had sent itself, which systemd counts as a
+    // clean stop, and the last STATUS was "Stopping VM: SIGTERM to the hypervisor".
+    let mut rig = Rig::new();
+    put(&mut rig, "k", b"secret-failed-then-sigterm");
+    let child = spawn(
+        &rig,
+        &[],
+        &[
+            ("FAKE_CH_API_ERROR", "vm.boot:500"),
+            ("FAKE_CH_DIE_BY_SIGTERM", "1"),
+        ],
+    );
+    let end = finish(&mut rig, child);
+    assert_eq!(end.status.signal(), None, "{}", end.stderr);
+    assert_eq!(end.status.code(), Some(125), "{}", end.stderr);
+    let log = std::fs::read_to_string(rig.record_file("signals.log")).unwrap();
+    assert!(log.contains("SIGTERM death"), "{log}");
+    let statuses = statuses(&end.msgs);
+    let last = statuses.last().expect("a STATUS");
+    assert!(
+        last.starts_with("Failed: could not boot the VM"),
+        "last STATUS must be the failure: {statuses:?}"
+    );
+}
+
+#[test]
+fn a_failed_start_ends_with_the_failure_when_the_hypervisor_exits_cleanly_too() {
+    let mut rig = Rig::new();
+    put(&mut rig, "k", b"secret-failed-then-exit");
+    let child = spawn(&rig, &[], &[("FAKE_CH_API_ERROR", "vm.boot:500")]);
+    let end = finish(&mut rig, child);
+    assert_eq!(end.status.code(), Some(125), "{}", end.stderr);
+    let statuses = statuses(&end.msgs);
+    assert!(
+        statuses
+            .iter()
+            .any(|s| s == "Stopping VM: SIGTERM to the hypervisor"),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses
+            .last()
+            .is_some_and(|s| s.starts_with("Failed: could not boot the VM")),
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn ready_spawn_does_not_claim_delivery_before_the_handover() {
+    // #11: `--ready spawn` said "1 credential delivered" before vm.create was even sent.
+    let mut rig = Rig::new();
+    put(&mut rig, "k", b"secret-ready-spawn");
+    let mut child = spawn(
+        &rig,
+        &["--ready", "spawn"],
+        &[("FAKE_CH_API_HANG", "vm.create")],
+    );
+    let ready = rig.notify.wait_for("READY=1", T).expect("READY=1");
+    assert!(!ready.contains("delivered"), "{ready}");
+    assert!(
+        ready.contains("credentials not yet handed over"),
+        "{ready}"
+    );
+    signal(&child, Signal::SIGTERM);
+    let end = finish(&mut rig, child);
+    assert!(
+        !statuses(&end.msgs).iter().any(|s| s.contains("delivered")),
+        "vm.create never answered: {:?}",
+        end.msgs
+    );
+    let _ = end.status;
+
+    // Once vm.create and vm.boot went through, the status says so.
+    let mut rig = Rig::new();
+    put(&mut rig, "k", b"secret-ready-spawn-2");
+    child = spawn(&rig, &["--ready", "spawn"], &[]);
+    rig.notify.wait_for("READY=1", T).expect("READY=1");
+    let delivered = rig
+        .notify
+        .wait_for("STATUS=VM running, 1 credential delivered", T)
+        .expect("the status after the handover");
+    assert!(!delivered.contains("READY=1"), "{delivered}");
+    signal(&child, Signal::SIGTERM);
+    let end = finish(&mut rig, child);
+    assert_eq!(end.status.code(), Some(0), "{}", end.stderr);
+}
+
+#[test]
+fn console_socket_is_refused_before_start() {
+    // #11: cloud-hypervisor's parser takes `--console socket=`, and vm.create then fails with
+    // "No socket option support for console device".
+    let mut rig = Rig::new();
+    put(&mut rig, "k", b"secret-console-socket");
+    let mut args = rig.vm_args();
+    let sock = rig.path("console.sock");
+    args.extend(["--console".into(), format!("socket={}", sock.display())]);
+    let mut child = rig.command("run", &[], &strs(&args)).spawn().unwrap();
+    let status = wait_exit(&mut child, T);
+    let stderr = stderr_of(&mut child);
+    assert_eq!(status.code(), Some(125), "{stderr}");
+    for needle in [
+        "--console",
+        "No socket option support for console device",
+        "--serial socket=",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} in {stderr}");
+    }
+    assert!(!rig.record_file("pid").exists(), "nothing started");
+    // `--serial socket=` is fine.
+    let mut args = rig.vm_args();
+    args.extend(["--serial".into(), format!("socket={}", sock.display())]);
+    let out = rig.command("render", &[], &strs(&args)).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The info lines credbridge logged about the end of the VM.
+fn says_powered_off(stderr: &str) -> bool {
+    stderr.contains("the guest powered off")
+}
+
+#[test]
+fn a_sigterm_forced_stop_is_not_called_a_poweroff() {
+    // #11: cloud-hypervisor emits vm:shutdown after our SIGTERM too, and credbridge logged
+    // "the guest powered off".
+    let mut rig = Rig::new();
+    put(&mut rig, "k", b"secret-forced-stop");
+    let child = spawn(
+        &rig,
+        &["--stop-timeout", "300ms"],
+        &[("FAKE_CH_IGNORE_POWER_BUTTON", "1")],
+    );
+    rig.notify.wait_for("READY=1", T).expect("READY=1");
+    signal(&child, Signal::SIGTERM);
+    let end = finish(&mut rig, child);
+    assert_eq!(end.status.code(), Some(0), "{}", end.stderr);
+    assert!(!says_powered_off(&end.stderr), "{}", end.stderr);
+    assert!(
+        end.stderr
+            .contains("cloud-hypervisor shut the VM down on our SIGTERM"),
+        "{}",
+        end.stderr
+    );
+}
+
+#[test]
+fn a_guest_that_answers_the_power_button_powered_off() {
+    let mut rig = Rig::new();
+    put(&mut rig, "k", b"secret-clean-stop");
+    let child = spawn(&rig, &[], &[]);
+    rig.notify.wait_for("READY=1", T).expect("READY=1");
+    signal(&child, Signal::SIGTERM);
+    let end = finish(&mut rig, child);
+    assert_eq!(end.status.code(), Some(0), "{}", end.stderr);
+    assert!(
+        end.stderr
+            .contains("the guest powered off (it answered the ACPI power button)"),
+        "{}",
+        end.stderr
+    );
+}
+
+#[test]
+fn a_vcpu_error_is_not_called_a_poweroff() {
+    // #11: a vCPU error ends cloud-hypervisor exactly like a guest poweroff (vm:shutdown,
+    // exit 0); credbridge must not claim the guest did it.
+    let mut rig = Rig::new();
+    put(&mut rig, "k", b"secret-vcpu-error");
+    let child = spawn(&rig, &[], &[("FAKE_CH_VCPU_ERROR_AFTER_BOOT_MS", "200")]);
+    let end = finish(&mut rig, child);
+    assert_eq!(end.status.code(), Some(0), "{}", end.stderr);
+    assert!(end.stderr.contains("VCPU generated error"), "{}", end.stderr);
+    assert!(!says_powered_off(&end.stderr), "{}", end.stderr);
+    assert!(
+        end.stderr.contains("the VM stopped without a stop request")
+            && end.stderr.contains("a vCPU error"),
+        "{}",
+        end.stderr
+    );
+}
+
+#[test]
+fn the_running_process_is_not_dumpable() {
+    // #11: a core of credbridge held plaintext values, and the same uid could read
+    // /proc/PID/mem. A non-dumpable process's /proc/PID files belong to root, whatever its uid;
+    // run as nobody, that is visible from outside.
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run credbridge as another user");
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut rig = Rig::new();
+    put(&mut rig, "k", b"secret-not-dumpable");
+    let open = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    open(rig.dir.path(), 0o777);
+    open(&rig.path("notify"), 0o777);
+    open(&rig.creds, 0o755);
+    open(&rig.creds.join("k"), 0o644);
+    open(&rig.record, 0o777);
+    let inner = {
+        let args = rig.vm_args();
+        rig.command("run", &[], &strs(&args))
+    };
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .current_dir(rig.dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let child = cmd.spawn().unwrap();
+    rig.notify.wait_for("READY=1", T).expect("READY=1");
+    // setpriv execs credbridge in place: the child's pid is credbridge's.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    assert!(status.contains("Uid:\t65534"), "{status}");
+    let owner = std::fs::metadata(format!("/proc/{}/mem", child.id()))
+        .unwrap()
+        .uid();
+    assert_eq!(owner, 0, "/proc/PID/mem of a non-dumpable process is root's");
+    signal(&child, Signal::SIGTERM);
+    let end = finish(&mut rig, child);
+    assert_eq!(end.status.code(), Some(0), "{}", end.stderr);
+}
+
+#[test]
+fn too_many_credentials_name_the_first_that_does_not_fit_and_its_number() {
+    // #11: with 300 credentials the error named the 256th but said "number 301".
+    let mut rig = Rig::new();
+    for i in 0..300 {
+        put(&mut rig, &format!("c{i:03}"), format!("value-{i:03}").as_bytes());
+    }
+    let out = output_within(&rig, &["--smbios-budget", "65404"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    // The argv's own vmm.notify_socket string is number 1, so c254 is number 256.
+    assert!(
+        stderr.contains("credential \"c254\" is OEM string number 256 of 301"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("number 301"), "{stderr}");
+}
+
+#[test]
+fn credentials_over_the_total_are_refused_by_size_before_they_are_read() {
+    // #11: every file was read (2000 files of 1 MiB: 2 GB) before the 1 MiB total was
+    // checked. The error names the file that crosses the limit, the limit and the fix.
+    let mut rig = Rig::new();
+    let big = vec![b'x'; 600 * 1024];
+    for name in ["a", "b", "c"] {
+        put(&mut rig, name, &big);
+    }
+    let out = output_within(&rig, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    for needle in ["credential \"b\"", "1048576 bytes (1 MiB)", "--credential NAME"] {
+        assert!(stderr.contains(needle), "{needle:?} in {stderr}");
+    }
+    assert!(!rig.record_file("pid").exists(), "nothing started");
+}
