@@ -244,9 +244,14 @@ impl Limits {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OemError {
     #[error(
-        "{subject} is OEM string number {count}; one SMBIOS type 11 entry holds at most {MAX_STRINGS}\nhint: pass fewer credentials with --credential NAME, or fewer --oem-string"
+        "{subject} is OEM string number {number} of {count}; one SMBIOS type 11 entry holds at most {MAX_STRINGS}\nhint: pass fewer credentials with --credential NAME, or fewer --oem-string"
     )]
-    TooMany { subject: String, count: usize },
+    TooMany {
+        subject: String,
+        /// The subject's place, counted from 1: the first that does not fit.
+        number: usize,
+        count: usize,
+    },
     #[error(
         "{subject} is empty; an empty OEM string ends the SMBIOS string set early and corrupts the table\nhint: remove it"
     )]
@@ -290,6 +295,7 @@ pub fn validate(strings: &[OemString], limits: &Limits) -> Result<(), OemError> 
     if strings.len() > MAX_STRINGS {
         return Err(OemError::TooMany {
             subject: strings[MAX_STRINGS].subject(),
+            number: MAX_STRINGS + 1,
             count: strings.len(),
         });
     }
@@ -447,8 +453,21 @@ mod tests {
         assert!(validate(&mk(254), &l).is_ok());
         assert!(validate(&mk(255), &l).is_ok());
         let e = validate(&mk(256), &l).unwrap_err();
-        assert!(matches!(&e, OemError::TooMany { count: 256, .. }));
+        assert!(matches!(
+            &e,
+            OemError::TooMany {
+                number: 256,
+                count: 256,
+                ..
+            }
+        ));
         assert!(e.to_string().contains("\"s255\""), "{e}");
+        // Regression (#11): 300 strings named the 256th but called it "number 300".
+        let e = validate(&mk(300), &l).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--oem-string \"s255\" is OEM string number 256 of 300;"),
+            "{e}"
+        );
     }
 
     #[test]
