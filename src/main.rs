@@ -64,12 +64,24 @@ fn run(command: &Command, env: &HostEnv, notify: &Notifier) -> anyhow::Result<En
                 .build()
                 .context("cannot start the event loop")?;
             let outcome = runtime.block_on(supervisor::run(plan, env, notify))?;
-            Ok(match (outcome.failure, outcome.end) {
-                // A failed start must not look like success to systemd.
-                (Some(_), End::Code(0)) => End::Code(EXIT_FAILURE),
-                (_, end) => end,
-            })
+            Ok(exit_after(outcome.failure.is_some(), outcome.end))
         }
+    }
+}
+
+/// How credbridge ends once the hypervisor has: as the hypervisor did, except that a failed
+/// start must not look like success to systemd. Exit 0 is success, and so is death by SIGHUP,
+/// SIGINT, SIGTERM or SIGPIPE (systemd's `is_clean_exit()`); after a failed start the
+/// hypervisor usually dies by the very SIGTERM credbridge sent it (#11).
+fn exit_after(failed: bool, end: End) -> End {
+    let clean = match end {
+        End::Code(c) => c == 0,
+        End::Signal(s) => [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGPIPE].contains(&s),
+    };
+    if failed && clean {
+        End::Code(EXIT_FAILURE)
+    } else {
+        end
     }
 }
 

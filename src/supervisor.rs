@@ -230,7 +230,12 @@ impl<'a> Supervisor<'a> {
             guest_log: LogLimit::new(GUEST_STATUS_LOG_BURST, GUEST_STATUS_LOG_WINDOW),
         };
         if sup.plan.ready == Ready::Spawn {
-            sup.become_ready("hypervisor started");
+            // The strings reach the guest only when the VM is created and boots; until then
+            // "delivered" would be a promise (#11).
+            sup.become_ready(
+                "hypervisor started",
+                "Hypervisor started, credentials not yet handed over to the VM",
+            );
         }
 
         // With a foreign relay, readiness is not ours to time.
@@ -269,6 +274,7 @@ impl<'a> Supervisor<'a> {
                             sup.escalate_to(Stop::Terminated);
                         }
                     }
+                    BackendEvent::VmShutdown => tracing::info!("{}", sup.shutdown_cause()),
                     BackendEvent::Info(m) => tracing::info!("{}", sup.plan.scrub(&Zeroizing::new(m))),
                     BackendEvent::Warn(m) => tracing::warn!("{}", sup.plan.scrub(&Zeroizing::new(m))),
                     BackendEvent::Debug(m) => tracing::debug!("{}", sup.plan.scrub(&Zeroizing::new(m))),
@@ -358,18 +364,40 @@ impl<'a> Supervisor<'a> {
         Ok(sup.finish(status))
     }
 
-    fn become_ready(&mut self, why: &str) {
+    fn become_ready(&mut self, why: &str, status: &str) {
         if self.ready {
             return;
         }
         self.ready = true;
+        tracing::info!("ready ({why}): {status}");
+        self.notify.ready(status);
+    }
+
+    /// The status once the VM booted: it was created with every string, so they are in the
+    /// guest's SMBIOS tables.
+    fn running_status(&self) -> String {
         let n = self.plan.credential_count;
-        let status = format!(
+        format!(
             "VM running, {n} credential{} delivered",
             if n == 1 { "" } else { "s" }
-        );
-        tracing::info!("ready ({why}): {status}");
-        self.notify.ready(&status);
+        )
+    }
+
+    /// What a `vm:shutdown` means. cloud-hypervisor emits it alike for a guest poweroff, a vCPU
+    /// error and our SIGTERM, and exits 0 after each (cloud-hypervisor.md section 5), so only
+    /// what credbridge itself did tells them apart; it is a poweroff only when the guest had
+    /// been asked to power off and nothing harder was tried yet.
+    fn shutdown_cause(&self) -> &'static str {
+        match self.stop {
+            Stop::PowerButton => "the guest powered off (it answered the ACPI power button)",
+            Stop::Running => {
+                "the VM stopped without a stop request: a guest poweroff or a vCPU error \
+                 (cloud-hypervisor reports both alike; its log above says which)"
+            }
+            Stop::Quit | Stop::Terminated | Stop::Killed => {
+                "cloud-hypervisor shut the VM down on our SIGTERM: a hard stop, not a guest poweroff"
+            }
+        }
     }
 
     fn on_booted(&mut self) {
@@ -382,7 +410,11 @@ impl<'a> Supervisor<'a> {
             return;
         }
         match self.plan.ready {
-            Ready::Booted => self.become_ready("VM booted"),
+            Ready::Booted => {
+                let status = self.running_status();
+                self.become_ready("VM booted", &status);
+            }
+            Ready::Spawn => self.notify.status(&self.running_status()),
             Ready::Guest if !self.ready => self
                 .notify
                 .status("VM booted, waiting for the guest's systemd to report ready"),
@@ -423,7 +455,8 @@ impl<'a> Supervisor<'a> {
             tracing::info!("the guest reported EXIT_STATUS={e}");
         }
         if m.ready && self.plan.ready == Ready::Guest && self.stop == Stop::Running {
-            self.become_ready("the guest's systemd sent READY=1");
+            let status = self.running_status();
+            self.become_ready("the guest's systemd sent READY=1", &status);
         }
     }
 
@@ -546,6 +579,10 @@ impl<'a> Supervisor<'a> {
                 _ => tracing::warn!("{msg}"),
             }
             self.notify.status(&format!("{name} exited with {how}"));
+        } else if let Some(failure) = &self.failure {
+            // The stop that followed the failure sent its own STATUS= lines; the last word is
+            // the failure's, so that `systemctl status` shows why (#11).
+            self.notify.errno(&format!("Failed: {failure}"), libc::EIO);
         }
         Outcome {
             end,

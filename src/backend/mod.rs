@@ -29,6 +29,9 @@ pub enum BackendEvent {
         msg: String,
         maybe_exiting: bool,
     },
+    /// cloud-hypervisor's `vm:shutdown`: the VM stopped, for a reason the event does not say
+    /// (a guest poweroff, a vCPU error and SIGTERM all emit it; cloud-hypervisor.md section 5).
+    VmShutdown,
     Info(String),
     Warn(String),
     Debug(String),
