@@ -273,6 +273,9 @@ impl Plan {
         if parsed.mode != Mode::Vm {
             return Err(PlanError::NoVm);
         }
+        if let Some(config) = &parsed.vm_config {
+            ch::refused_at_create(config)?;
+        }
         let delivery = args.delivery;
         let mut warnings = Vec::new();
 

@@ -161,10 +161,7 @@ fn ready_spawn_does_not_claim_delivery_before_the_handover() {
     );
     let ready = rig.notify.wait_for("READY=1", T).expect("READY=1");
     assert!(!ready.contains("delivered"), "{ready}");
-    assert!(
-        ready.contains("credentials not yet handed over"),
-        "{ready}"
-    );
+    assert!(ready.contains("credentials not yet handed over"), "{ready}");
     signal(&child, Signal::SIGTERM);
     let end = finish(&mut rig, child);
     assert!(
@@ -276,7 +273,11 @@ fn a_vcpu_error_is_not_called_a_poweroff() {
     let child = spawn(&rig, &[], &[("FAKE_CH_VCPU_ERROR_AFTER_BOOT_MS", "200")]);
     let end = finish(&mut rig, child);
     assert_eq!(end.status.code(), Some(0), "{}", end.stderr);
-    assert!(end.stderr.contains("VCPU generated error"), "{}", end.stderr);
+    assert!(
+        end.stderr.contains("VCPU generated error"),
+        "{}",
+        end.stderr
+    );
     assert!(!says_powered_off(&end.stderr), "{}", end.stderr);
     assert!(
         end.stderr.contains("the VM stopped without a stop request")
@@ -332,7 +333,10 @@ fn the_running_process_is_not_dumpable() {
     let owner = std::fs::metadata(format!("/proc/{}/mem", child.id()))
         .unwrap()
         .uid();
-    assert_eq!(owner, 0, "/proc/PID/mem of a non-dumpable process is root's");
+    assert_eq!(
+        owner, 0,
+        "/proc/PID/mem of a non-dumpable process is root's"
+    );
     signal(&child, Signal::SIGTERM);
     let end = finish(&mut rig, child);
     assert_eq!(end.status.code(), Some(0), "{}", end.stderr);
@@ -343,7 +347,11 @@ fn too_many_credentials_name_the_first_that_does_not_fit_and_its_number() {
     // #11: with 300 credentials the error named the 256th but said "number 301".
     let mut rig = Rig::new();
     for i in 0..300 {
-        put(&mut rig, &format!("c{i:03}"), format!("value-{i:03}").as_bytes());
+        put(
+            &mut rig,
+            &format!("c{i:03}"),
+            format!("value-{i:03}").as_bytes(),
+        );
     }
     let out = output_within(&rig, &["--smbios-budget", "65404"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -368,7 +376,11 @@ fn credentials_over_the_total_are_refused_by_size_before_they_are_read() {
     let out = output_within(&rig, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{stderr}");
-    for needle in ["credential \"b\"", "1048576 bytes (1 MiB)", "--credential NAME"] {
+    for needle in [
+        "credential \"b\"",
+        "1048576 bytes (1 MiB)",
+        "--credential NAME",
+    ] {
         assert!(stderr.contains(needle), "{needle:?} in {stderr}");
     }
     assert!(!rig.record_file("pid").exists(), "nothing started");

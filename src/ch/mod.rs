@@ -18,6 +18,7 @@ use std::path::PathBuf;
 
 use argv::{Parsed, ValueAt};
 pub use grammar::GrammarError;
+pub use validate::refused_at_create;
 pub use vmconfig::SMBIOS_KEYS;
 use vmconfig::{Platform, VmConfig};
 

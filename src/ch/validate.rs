@@ -587,6 +587,24 @@ impl VmConfig {
     }
 }
 
+/// What CH 54's parser and `VmConfig::validate` accept but creating the VM refuses, so that a
+/// config passes the command line's checks and fails only at `vm.create` (with `--delivery
+/// argv`: the process exits 1). Checked on the config [`super::parse_argv`] produced.
+///
+/// - `--console socket=`: `pre_create_console_devices` refuses it with "No socket option support
+///   for console device" (vmm/src/console_devices.rs); only the serial port has a socket mode.
+pub fn refused_at_create(config: &serde_json::Value) -> Result<()> {
+    if config.pointer("/console/mode").and_then(|m| m.as_str()) == Some("Socket") {
+        return Err(invalid(
+            "--console",
+            "socket= is refused by cloud-hypervisor when it creates the VM (\"No socket option \
+             support for console device\"); only the serial port can be a socket: use --serial \
+             socket=PATH, or --console pty, file=PATH or off",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::ffi::OsString;
@@ -672,5 +690,37 @@ mod tests {
             .collect();
         let config = parse_argv(&args).unwrap().vm_config.unwrap();
         assert_eq!(config["payload"], serde_json::json!({"firmware": "/fw"}));
+    }
+
+    #[test]
+    fn console_socket_parses_but_is_refused_at_create() {
+        // The parser takes it, like CH's (fixture "console-socket-parses"); vm.create does not
+        // (#11).
+        let args: Vec<OsString> = ["--kernel", "/k", "--console", "socket=/run/c.sock"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let parsed = parse_argv(&args).unwrap();
+        let e = super::refused_at_create(parsed.vm_config.as_ref().unwrap()).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("--console: socket=")
+                && text.contains("No socket option support for console device")
+                && text.contains("--serial socket=PATH"),
+            "{text}"
+        );
+        for ok in [
+            &["--serial", "socket=/run/s.sock"][..],
+            &["--console", "pty"],
+            &[],
+        ] {
+            let mut args: Vec<OsString> = vec!["--kernel".into(), "/k".into()];
+            args.extend(ok.iter().map(OsString::from));
+            let parsed = parse_argv(&args).unwrap();
+            assert!(
+                super::refused_at_create(parsed.vm_config.as_ref().unwrap()).is_ok(),
+                "{ok:?}"
+            );
+        }
     }
 }
