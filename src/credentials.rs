@@ -157,12 +157,15 @@ pub enum CredentialError {
     #[error("credential {name:?} is selected twice with --credential")]
     SelectedTwice { name: String },
     #[error(
-        "credentials total {total} bytes (names plus values), the limit is {MAX_TOTAL_SIZE} bytes (1 MiB); the largest is {largest:?}\nhint: pass fewer credentials with --credential NAME"
+        "credential {name:?} brings the credentials' total to {total} bytes (names plus values, counted in the order they are passed); the limit is {MAX_TOTAL_SIZE} bytes (1 MiB)\nhint: pass fewer credentials with --credential NAME"
     )]
-    TotalTooLarge { total: usize, largest: String },
+    TotalTooLarge { name: String, total: usize },
 }
 
 /// Loads the credentials: all of `dir` in name order, or exactly `selection` in the given order.
+///
+/// The total is checked by each file's size before the file is read, so no more than the limit
+/// (and one spare byte per file) is ever read, however many or large the files are.
 pub fn load(dir: &Path, selection: &[Selection]) -> Result<Vec<Credential>, CredentialError> {
     let mut creds = Vec::new();
     // A missing or unreadable directory is reported as such, not as a missing credential.
@@ -196,8 +199,9 @@ pub fn load(dir: &Path, selection: &[Selection]) -> Result<Vec<Credential>, Cred
             names.push(String::from_utf8_lossy(bytes).into_owned());
         }
         names.sort();
+        let mut total = 0;
         for name in names {
-            let value = read_one(dir, &name)?;
+            let value = read_one(dir, &name, &name, &mut total)?;
             creds.push(Credential {
                 guest_name: name.clone(),
                 name,
@@ -205,6 +209,7 @@ pub fn load(dir: &Path, selection: &[Selection]) -> Result<Vec<Credential>, Cred
             });
         }
     } else {
+        let mut total = 0;
         for (i, sel) in selection.iter().enumerate() {
             if selection[..i].iter().any(|s| s.name == sel.name) {
                 return Err(CredentialError::SelectedTwice {
@@ -219,7 +224,7 @@ pub fn load(dir: &Path, selection: &[Selection]) -> Result<Vec<Credential>, Cred
                     dir: dir.to_owned(),
                 });
             }
-            let value = read_one(dir, &sel.name)?;
+            let value = read_one(dir, &sel.name, &sel.guest_name, &mut total)?;
             creds.push(Credential {
                 name: sel.name.clone(),
                 guest_name: sel.guest_name.clone(),
@@ -227,25 +232,7 @@ pub fn load(dir: &Path, selection: &[Selection]) -> Result<Vec<Credential>, Cred
             });
         }
     }
-    check_total(&creds)?;
     Ok(creds)
-}
-
-fn check_total(creds: &[Credential]) -> Result<(), CredentialError> {
-    // systemd counts name plus value for each credential against the unit's and PID 1's total.
-    let total: usize = creds
-        .iter()
-        .map(|c| c.guest_name.len() + c.value.len())
-        .sum();
-    if total > MAX_TOTAL_SIZE {
-        let largest = creds
-            .iter()
-            .max_by_key(|c| c.value.len())
-            .map(|c| c.name.clone())
-            .unwrap_or_default();
-        return Err(CredentialError::TotalTooLarge { total, largest });
-    }
-    Ok(())
 }
 
 fn kind_of(ft: &std::fs::FileType) -> &'static str {
@@ -264,7 +251,14 @@ fn kind_of(ft: &std::fs::FileType) -> &'static str {
     }
 }
 
-fn read_one(dir: &Path, name: &str) -> Result<Secret, CredentialError> {
+/// Reads one credential, adding its guest name and size to `total` first: systemd counts name
+/// plus value against the unit's and the guest PID 1's total.
+fn read_one(
+    dir: &Path,
+    name: &str,
+    guest_name: &str,
+    total: &mut usize,
+) -> Result<Secret, CredentialError> {
     let path = dir.join(name);
     let read_err = |source| CredentialError::Read {
         name: name.to_owned(),
@@ -303,6 +297,13 @@ fn read_one(dir: &Path, name: &str) -> Result<Secret, CredentialError> {
         });
     }
     let expected = meta.len() as usize;
+    *total += guest_name.len() + expected;
+    if *total > MAX_TOTAL_SIZE {
+        return Err(CredentialError::TotalTooLarge {
+            name: name.to_owned(),
+            total: *total,
+        });
+    }
     // The buffer is sized once, so it never reallocates and leaves an unzeroed copy behind;
     // one spare byte detects a file that grew while we read it.
     let mut buf = Zeroizing::new(vec![0u8; expected + 1]);
@@ -509,6 +510,49 @@ mod tests {
         );
         let d = dir_with(&[("a", &vec![1u8; half]), ("b", &vec![2u8; half - 1])]);
         assert!(load(d.path(), &[]).is_ok());
+    }
+
+    /// Bytes this thread has read with read(2) and friends (proc(5), /proc/PID/io `rchar`).
+    fn thread_rchar() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_total_is_checked_by_size_before_anything_over_it_is_read() {
+        // Regression (#11): every file was read before the 1 MiB total was checked, so 2000
+        // files of 1 MiB took 2 GB. Four files of nearly 1 MiB each: only the first may be read.
+        let big = vec![b'x'; MAX_CREDENTIAL_SIZE - 16];
+        let d = dir_with(&[("a", &big), ("b", &big), ("c", &big), ("d", &big)]);
+        let before = thread_rchar();
+        let e = load(d.path(), &[]).unwrap_err();
+        let read = thread_rchar() - before;
+        assert!(
+            read <= (MAX_TOTAL_SIZE + 4096) as u64,
+            "read {read} bytes for a limit of {MAX_TOTAL_SIZE}"
+        );
+        assert!(
+            matches!(&e, CredentialError::TotalTooLarge { name, total } if name == "b" && *total == 2 * (big.len() + 1)),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with("credential \"b\" brings the credentials' total")
+                && text.contains("the limit is 1048576 bytes (1 MiB)")
+                && text.contains("hint: pass fewer credentials with --credential NAME"),
+            "{text}"
+        );
+        // The same with a selection, in the selection's order.
+        let sel = ["d".parse().unwrap(), "a".parse().unwrap()];
+        let e = load(d.path(), &sel).unwrap_err();
+        assert!(
+            matches!(&e, CredentialError::TotalTooLarge { name, .. } if name == "a"),
+            "{e:?}"
+        );
     }
 
     #[test]
