@@ -66,10 +66,25 @@ pub enum ArgvError {
     MissingArgument { option: String },
     #[error("-smbios {arg:?}: {reason}\nhint: QEMU would refuse it too")]
     Smbios { arg: String, reason: String },
-    #[error("cannot read -smbios type=11,path={}: {source}\nhint: credbridge reads the file to check the SMBIOS limits before QEMU starts", path.display())]
-    ReadPath { path: PathBuf, source: io::Error },
-    #[error("-smbios type=11,path={} is a {kind}, not a regular file; credbridge reads the file to check the SMBIOS limits, which would take a pipe's data away from QEMU\nhint: use a regular file, or --oem-string", path.display())]
-    PathNotRegular { path: PathBuf, kind: &'static str },
+    /// `key` is `type=11,path` or `file`: both files are read before QEMU starts.
+    #[error("cannot read -smbios {key}={}: {source}\nhint: credbridge reads the file to check the SMBIOS limits before QEMU starts", path.display())]
+    ReadPath {
+        key: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("-smbios {key}={} is a {kind}, not a regular file; credbridge reads the file to check the SMBIOS limits, which would take a pipe's data away from QEMU, block on a FIFO, or never end (/dev/zero)\nhint: use a regular file, or --oem-string", path.display())]
+    PathNotRegular {
+        key: &'static str,
+        path: PathBuf,
+        kind: &'static str,
+    },
+    #[error("-smbios {key}={} is {size} bytes; all of QEMU's SMBIOS tables together hold at most {max} bytes (QEMU refuses to start beyond)\nhint: name the right file", path.display(), max = crate::qemu::SMBIOS_TABLES_MAX)]
+    TooLarge {
+        key: &'static str,
+        path: PathBuf,
+        size: u64,
+    },
     #[error("-smbios type=11,path={} contains a NUL byte at offset {offset}; QEMU would cut the string there\nhint: remove it, or pass binary data as a credential (base64 form)", path.display())]
     PathNul { path: PathBuf, offset: usize },
     #[error("-smbios file={} holds a binary type 11 structure; QEMU then ignores every -smbios type=11 string, credbridge's included\nhint: give those strings as -smbios type=11,value=... or path=... instead", path.display())]
@@ -280,23 +295,55 @@ fn short(arg: &[u8]) -> String {
     }
 }
 
-/// Reads a `path=` string as QEMU will: the whole file (QEMU 7.2 uses g_file_get_contents).
-/// Only regular files: a pipe read here would be empty for QEMU.
-fn read_path_string(path: &Path) -> Result<Vec<u8>, ArgvError> {
-    let meta = std::fs::metadata(path).map_err(|source| ArgvError::ReadPath {
+/// Reads a file the argv's `-smbios` names (`key`: `type=11,path` or `file`) as QEMU will: whole
+/// (QEMU 7.2 uses g_file_get_contents). Only regular files: a pipe read here would be empty for
+/// QEMU, a FIFO blocks, a device like /dev/zero never ends. O_NONBLOCK keeps open(2) of a FIFO
+/// from waiting for a writer; fstat then judges what was opened. Nothing above QEMU's 64 KiB of
+/// SMBIOS tables is read (#11).
+fn read_argv_file(key: &'static str, path: &Path) -> Result<Zeroizing<Vec<u8>>, ArgvError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let read_err = |source| ArgvError::ReadPath {
+        key,
         path: path.into(),
         source,
-    })?;
+    };
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
     if !meta.file_type().is_file() {
         return Err(ArgvError::PathNotRegular {
+            key,
             path: path.into(),
             kind: file_kind(meta.file_type()),
         });
     }
-    let bytes = std::fs::read(path).map_err(|source| ArgvError::ReadPath {
+    let max = crate::qemu::SMBIOS_TABLES_MAX;
+    let too_large = |size| ArgvError::TooLarge {
+        key,
         path: path.into(),
-        source,
-    })?;
+        size,
+    };
+    if meta.len() > max as u64 {
+        return Err(too_large(meta.len()));
+    }
+    // Sized once, one spare byte to notice a file that grew since the fstat.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
+    file.take(max as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() > max {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// A `path=` string: the file's bytes, which must hold no NUL.
+fn read_path_string(path: &Path) -> Result<Zeroizing<Vec<u8>>, ArgvError> {
+    let bytes = read_argv_file("type=11,path", path)?;
     if let Some(offset) = bytes.iter().position(|&b| b == 0) {
         return Err(ArgvError::PathNul {
             path: path.into(),
@@ -331,11 +378,11 @@ fn smbios(arg: &[u8], out: &mut QemuArgv) -> Result<(), ArgvError> {
     };
     if let Some(file) = items.iter().find(|i| i.key == "file") {
         let path = PathBuf::from(OsStr::from_bytes(file.value.as_deref().unwrap_or_default()));
-        // Unreadable blobs are QEMU's to report; only a type 11 blob changes what we do.
-        if let Ok(blob) = std::fs::read(&path) {
-            if blob_types(&blob).contains(&11) {
-                return Err(ArgvError::BinaryType11 { path });
-            }
+        // Read like a path= file: QEMU reads it whole before it starts, and so must we, to
+        // learn whether it holds a type 11 structure.
+        let blob = read_argv_file("file", &path)?;
+        if blob_types(&blob).contains(&11) {
+            return Err(ArgvError::BinaryType11 { path });
         }
         return Ok(());
     }
@@ -363,8 +410,7 @@ fn smbios(arg: &[u8], out: &mut QemuArgv) -> Result<(), ArgvError> {
                 }
                 let path = PathBuf::from(OsStr::from_bytes(p));
                 let bytes = read_path_string(&path)?;
-                out.oem_strings
-                    .push((Zeroizing::new(bytes), ArgvSource::Path(path)));
+                out.oem_strings.push((bytes, ArgvSource::Path(path)));
             }
             (k, _) => {
                 return Err(err(format!(
@@ -765,6 +811,68 @@ mod tests {
             ),
             "a type 11 after another structure in the same blob"
         );
+    }
+
+    #[test]
+    fn smbios_file_is_checked_like_path() {
+        // Regression (#11): `file=/dev/zero` was read until memory ran out, and `file=` a FIFO
+        // blocked in open(2) forever.
+        let smbios = |arg: String| parse_argv(&[OsString::from("-smbios"), arg.into()]);
+        let e = smbios("file=/dev/zero".into()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ArgvError::PathNotRegular {
+                    key: "file",
+                    kind: "character device",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("-smbios file=/dev/zero is a character device"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        for arg in [
+            format!("file={}", fifo.display()),
+            format!("type=11,path={}", fifo.display()),
+        ] {
+            let e = smbios(arg.clone()).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ArgvError::PathNotRegular {
+                        kind: "FIFO or pipe",
+                        ..
+                    }
+                ),
+                "{arg}: {e}"
+            );
+        }
+        let e = smbios(format!("file={}", dir.path().join("missing").display())).unwrap_err();
+        assert!(matches!(e, ArgvError::ReadPath { key: "file", .. }), "{e}");
+        // Nothing larger than all of QEMU's SMBIOS tables is read, for either key.
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'a'; crate::qemu::SMBIOS_TABLES_MAX + 1]).unwrap();
+        for (arg, key) in [
+            (format!("file={}", big.display()), "file"),
+            (format!("type=11,path={}", big.display()), "type=11,path"),
+        ] {
+            let e = smbios(arg).unwrap_err();
+            assert!(
+                matches!(e, ArgvError::TooLarge { key: k, size: 65536, .. } if k == key),
+                "{e}"
+            );
+            assert!(e.to_string().contains("65535"), "{e}");
+        }
+        let fits = dir.path().join("fits");
+        std::fs::write(&fits, vec![b'a'; crate::qemu::SMBIOS_TABLES_MAX]).unwrap();
+        assert!(smbios(format!("file={}", fits.display())).is_ok());
     }
 
     #[test]
