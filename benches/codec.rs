@@ -10,10 +10,9 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use zeroize::Zeroizing;
 
 use credbridge::ch;
-use credbridge::credentials::{self, Credential, Secret};
+use credbridge::credentials::{self, Credential, Secret, SecretBytes};
 use credbridge::oem::{self, CH_STRINGS_CEILING, Limits, OemString};
 
 /// 255 strings (the SMBIOS type 11 count limit) whose entry is 60 KiB: the largest round
@@ -59,7 +58,7 @@ fn credentials(binary: bool) -> Vec<Credential> {
             Credential {
                 name: name(i),
                 guest_name: name(i),
-                value: Secret::new(Zeroizing::new(value)),
+                value: Secret::new(SecretBytes::from_slice(&value)),
             }
         })
         .collect()

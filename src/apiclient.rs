@@ -18,6 +18,7 @@ use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use zeroize::Zeroizing;
 
+use crate::credentials::SecretBytes;
 use crate::sockpath::PeerRule;
 
 /// The most credbridge reads of an answer. `vm.info`, the largest, is the VM's config: tens
@@ -105,7 +106,7 @@ impl ApiClient {
         &self,
         method: Method,
         route: &str,
-        body: Option<Zeroizing<Vec<u8>>>,
+        body: Option<SecretBytes>,
         fds: &[RawFd],
     ) -> Result<Response, ApiError> {
         let fut = self.exchange(method, route, body, fds);
@@ -122,7 +123,7 @@ impl ApiClient {
         &self,
         method: Method,
         route: &str,
-        body: Option<Zeroizing<Vec<u8>>>,
+        body: Option<SecretBytes>,
         fds: &[RawFd],
     ) -> Result<Response, ApiError> {
         let std_stream =
@@ -199,7 +200,7 @@ impl ApiClient {
         Ok(Response { status, body })
     }
 
-    pub async fn put(&self, route: &str, body: Option<Zeroizing<Vec<u8>>>) -> Result<(), ApiError> {
+    pub async fn put(&self, route: &str, body: Option<SecretBytes>) -> Result<(), ApiError> {
         self.request(Method::PUT, route, body, &[]).await.map(drop)
     }
 
@@ -250,7 +251,7 @@ struct SecretBody {
 }
 
 struct SecretBuf {
-    data: Zeroizing<Vec<u8>>,
+    data: SecretBytes,
     pos: usize,
 }
 

@@ -7,7 +7,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use zeroize::Zeroizing;
+use crate::sys::SecretPages;
 
 /// systemd's per-credential and per-unit ceilings (`CREDENTIAL_SIZE_MAX`,
 /// `CREDENTIALS_TOTAL_SIZE_MAX`); a guest's PID 1 applies the same total to what it imports.
@@ -15,11 +15,126 @@ pub const MAX_CREDENTIAL_SIZE: usize = 1024 * 1024;
 pub const MAX_TOTAL_SIZE: usize = 1024 * 1024;
 pub const MAX_NAME_LEN: usize = 255;
 
+/// The one buffer type for bytes that are or contain a secret (credential values, OEM
+/// strings, the `vm.create` body, `-smbios path=` contents): a fixed capacity in
+/// [`SecretPages`] (kept out of core dumps, locked in RAM where the limit allows, zeroed and
+/// unmapped on drop), and a length. It never reallocates, so it never leaves a copy behind: a
+/// write past the capacity is a bug and panics. `Debug` shows only the length.
+pub struct SecretBytes {
+    pages: SecretPages,
+    len: usize,
+}
+
+impl SecretBytes {
+    pub fn with_capacity(capacity: usize) -> Self {
+        SecretBytes {
+            pages: SecretPages::new(capacity),
+            len: 0,
+        }
+    }
+
+    /// `len` zero bytes, to be filled in place.
+    pub fn zeroed(len: usize) -> Self {
+        let mut b = Self::with_capacity(len);
+        b.len = len;
+        b
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Self {
+        let mut b = Self::with_capacity(bytes.len());
+        b.extend_from_slice(bytes);
+        b
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.pages.capacity()
+    }
+
+    /// Whether the pages are locked in RAM (mlock is best effort).
+    pub fn is_locked(&self) -> bool {
+        self.pages.is_locked()
+    }
+
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        assert!(
+            end <= self.capacity(),
+            "SecretBytes sized too small: {end} > {}",
+            self.capacity()
+        );
+        self.pages.as_mut_slice()[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+    }
+
+    pub fn push(&mut self, byte: u8) {
+        self.extend_from_slice(&[byte]);
+    }
+
+    /// Shortens to `len`, zeroing what is cut off.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            zeroize::Zeroize::zeroize(&mut self.pages.as_mut_slice()[len..self.len]);
+            self.len = len;
+        }
+    }
+
+    /// Reads `file` to its end, up to `limit` bytes in all (at most the capacity); one byte
+    /// more is read only to learn that there is more, which is `FileTooLarge`.
+    fn read_up_to(&mut self, file: &mut impl Read, limit: usize) -> io::Result<()> {
+        let limit = limit.min(self.capacity());
+        loop {
+            if self.len == limit {
+                // Full: one more byte means the source is larger than was allowed for.
+                let mut probe = [0u8; 1];
+                return match file.read(&mut probe) {
+                    Ok(0) => Ok(()),
+                    Ok(_) => Err(io::Error::from(io::ErrorKind::FileTooLarge)),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(e),
+                };
+            }
+            match file.read(&mut self.pages.as_mut_slice()[self.len..limit]) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Reads `file` into secret pages sized `max` (a file's fstat size, or a limit): never more
+/// than `max` + 1 bytes, and `FileTooLarge` if there are more than `max`.
+pub fn read_secret(file: &mut impl Read, max: usize) -> io::Result<SecretBytes> {
+    let mut b = SecretBytes::with_capacity(max);
+    b.read_up_to(file, max)?;
+    Ok(b)
+}
+
+impl std::ops::Deref for SecretBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.pages.as_slice()[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for SecretBytes {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.pages.as_mut_slice()[..self.len]
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} secret bytes>", self.len)
+    }
+}
+
 /// Secret bytes. Zeroed on drop; `Debug` never shows them.
-pub struct Secret(Zeroizing<Vec<u8>>);
+pub struct Secret(SecretBytes);
 
 impl Secret {
-    pub fn new(bytes: Zeroizing<Vec<u8>>) -> Self {
+    pub fn new(bytes: SecretBytes) -> Self {
         Secret(bytes)
     }
     pub fn expose(&self) -> &[u8] {
@@ -304,36 +419,26 @@ fn read_one(
             total: *total,
         });
     }
-    // The buffer is sized once, so it never reallocates and leaves an unzeroed copy behind;
-    // one spare byte detects a file that grew while we read it.
-    let mut buf = Zeroizing::new(vec![0u8; expected + 1]);
-    let mut filled = 0;
-    loop {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => {
-                filled += n;
-                if filled > expected {
-                    return Err(CredentialError::ChangedSize {
-                        name: name.to_owned(),
-                        expected,
-                        actual: filled,
-                    });
-                }
+    // The buffer is sized once from fstat, so it never reallocates and leaves no copy behind;
+    // reading past it detects a file that grew while we read it.
+    let buf = read_secret(&mut file, expected).map_err(|e| {
+        if e.kind() == io::ErrorKind::FileTooLarge {
+            CredentialError::ChangedSize {
+                name: name.to_owned(),
+                expected,
+                actual: expected + 1,
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(read_err(e)),
+        } else {
+            read_err(e)
         }
-    }
-    if filled != expected {
+    })?;
+    if buf.len() != expected {
         return Err(CredentialError::ChangedSize {
             name: name.to_owned(),
             expected,
-            actual: filled,
+            actual: buf.len(),
         });
     }
-    // Shrinking in place keeps the same allocation; the spare byte is zero anyway.
-    buf.truncate(filled);
     Ok(Secret::new(buf))
 }
 
@@ -556,8 +661,36 @@ mod tests {
     }
 
     #[test]
+    fn secret_bytes_never_grow_and_reads_are_bounded() {
+        let mut b = SecretBytes::with_capacity(5);
+        b.extend_from_slice(b"abc");
+        b.push(b'd');
+        assert_eq!(&b[..], b"abcd");
+        b.truncate(1);
+        assert_eq!(&b[..], b"a");
+        assert_eq!(format!("{b:?}"), "<1 secret bytes>");
+        let over = std::panic::catch_unwind(|| {
+            let mut b = SecretBytes::with_capacity(2);
+            b.extend_from_slice(&vec![0u8; b.capacity() + 1]);
+        });
+        assert!(
+            over.is_err(),
+            "a write past the capacity is refused, not reallocated"
+        );
+
+        // read_secret reads at most max + 1 bytes, even from an endless source.
+        let mut zero = std::fs::File::open("/dev/zero").unwrap();
+        let e = read_secret(&mut zero, 10).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::FileTooLarge);
+        let got = read_secret(&mut &b"0123456789"[..], 10).unwrap();
+        assert_eq!(&got[..], b"0123456789");
+        let short = read_secret(&mut &b"0123"[..], 10).unwrap();
+        assert_eq!(&short[..], b"0123");
+    }
+
+    #[test]
     fn debug_never_shows_the_value() {
-        let s = Secret::new(Zeroizing::new(b"hunter2".to_vec()));
+        let s = Secret::new(SecretBytes::from_slice(b"hunter2"));
         assert_eq!(format!("{s:?}"), "<secret: 7 bytes>");
     }
 }

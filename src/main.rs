@@ -11,6 +11,8 @@ use credbridge::supervisor::{self, End};
 use credbridge::{EXIT_FAILURE, logging, render, sys};
 
 fn main() {
+    // Before any secret is read: no core dump, no /proc/PID/mem for the same uid (#11).
+    let dumpable = sys::set_non_dumpable();
     // Before anything else opens an fd: inherited ones must not leak into the hypervisor.
     let sweep = sys::cloexec_inherited_fds();
     let cli = Cli::parse();
@@ -32,8 +34,9 @@ fn main() {
             std::process::exit(EXIT_FAILURE);
         }
     };
-    let result = sweep
-        .context("cannot mark inherited fds close-on-exec")
+    let result = dumpable
+        .context("cannot make credbridge non-dumpable (prctl PR_SET_DUMPABLE)")
+        .and_then(|()| sweep.context("cannot mark inherited fds close-on-exec"))
         .and_then(|()| run(&cli.command, &env, &notify));
     match result {
         Ok(End::Code(c)) => std::process::exit(c),

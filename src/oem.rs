@@ -3,10 +3,8 @@
 
 use std::fmt;
 
+use crate::credentials::{Credential, SecretBytes};
 use base64::Engine;
-use zeroize::Zeroizing;
-
-use crate::credentials::Credential;
 
 pub const BINARY_PREFIX: &str = "io.systemd.credential.binary:";
 pub const PLAIN_PREFIX: &str = "io.systemd.credential:";
@@ -58,7 +56,7 @@ pub enum Origin {
 }
 
 pub struct OemString {
-    bytes: Zeroizing<Vec<u8>>,
+    bytes: SecretBytes,
     pub origin: Origin,
     /// The credential name the guest will import this as, if it is a credential string.
     pub guest_name: Option<String>,
@@ -79,7 +77,7 @@ impl OemString {
     pub fn public(s: &str, origin: Origin) -> Self {
         OemString {
             guest_name: credential_name_of(s.as_bytes()),
-            bytes: Zeroizing::new(s.as_bytes().to_vec()),
+            bytes: SecretBytes::from_slice(s.as_bytes()),
             origin,
         }
     }
@@ -101,7 +99,7 @@ impl OemString {
         };
         let head = prefix.len() + cred.guest_name.len() + 1;
         // Sized once so that no reallocation leaves an unzeroed copy of the secret behind.
-        let mut bytes = Zeroizing::new(vec![0u8; head + value_len]);
+        let mut bytes = SecretBytes::zeroed(head + value_len);
         bytes[..prefix.len()].copy_from_slice(prefix.as_bytes());
         bytes[prefix.len()..head - 1].copy_from_slice(cred.guest_name.as_bytes());
         bytes[head - 1] = b'=';
@@ -154,7 +152,7 @@ impl OemString {
     pub fn from_argv_file(bytes: &[u8], path: std::path::PathBuf) -> Self {
         OemString {
             guest_name: credential_name_of(bytes),
-            bytes: Zeroizing::new(bytes.to_vec()),
+            bytes: SecretBytes::from_slice(bytes),
             origin: Origin::ArgvFile(path),
         }
     }
@@ -358,7 +356,7 @@ mod tests {
         Credential {
             name: name.into(),
             guest_name: name.into(),
-            value: Secret::new(Zeroizing::new(value.to_vec())),
+            value: Secret::new(SecretBytes::from_slice(value)),
         }
     }
 

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 use crate::ch::{self, ChArgv, Mode, SocketArg};
 use crate::cli::{Delivery, HypervisorKind, Ready, RunArgs};
-use crate::credentials::{self, CredentialError};
+use crate::credentials::{self, CredentialError, SecretBytes};
 use crate::hostenv::HostEnv;
 use crate::oem::{self, Limits, OemError, OemString, Origin};
 
@@ -866,12 +866,11 @@ impl CreatePlan {
     /// The secrets never pass through a `serde_json::Value` (whose strings are freed without
     /// zeroing): the config is serialized with placeholders, and each string is escaped into
     /// the final buffer in place of its placeholder.
-    pub fn body(&self, strings: &[OemString]) -> Zeroizing<Vec<u8>> {
+    pub fn body(&self, strings: &[OemString]) -> SecretBytes {
         let (text, marks) = self.skeleton(strings.len());
         // JSON escaping at most sextuples a byte (\u00XX) plus the two quotes.
         let cap = text.len() + strings.iter().map(|s| s.len() * 6 + 2).sum::<usize>();
-        let mut out = Zeroizing::new(Vec::with_capacity(cap));
-        let start = out.as_ptr();
+        let mut out = SecretBytes::with_capacity(cap);
         let mut rest = text.as_str();
         for (mark, s) in marks.iter().zip(strings) {
             let Some(at) = rest.find(mark.as_str()) else {
@@ -882,7 +881,6 @@ impl CreatePlan {
             rest = &rest[at + mark.len()..];
         }
         out.extend_from_slice(rest.as_bytes());
-        debug_assert_eq!(start, out.as_ptr(), "the buffer never reallocated");
         out
     }
 
@@ -902,7 +900,7 @@ impl CreatePlan {
 /// JSON string escaping into a buffer that must not reallocate. OEM strings are UTF-8 here:
 /// argv and flag strings are Rust strings, binary-form credentials are base64, and plain-form
 /// ones were chosen only for valid UTF-8.
-fn write_json_string(out: &mut Vec<u8>, s: &[u8]) {
+fn write_json_string(out: &mut SecretBytes, s: &[u8]) {
     out.push(b'"');
     for &b in s {
         match b {
@@ -947,7 +945,7 @@ mod tests {
     #[test]
     fn json_escaping_round_trips_every_byte_of_utf8() {
         let s = "a,\"[]\\\n\t\r\u{1}\u{7f}é😀";
-        let mut out = Vec::new();
+        let mut out = SecretBytes::with_capacity(s.len() * 6 + 2);
         write_json_string(&mut out, s.as_bytes());
         let back: String = serde_json::from_slice(&out).unwrap();
         assert_eq!(back, s);

@@ -315,12 +315,12 @@ mod tests {
 
     #[test]
     fn every_form_of_a_credential_is_a_needle() {
-        use crate::credentials::{Credential, Secret};
+        use crate::credentials::{Credential, Secret, SecretBytes};
         use base64::Engine;
         let cred = |value: &[u8]| Credential {
             name: "k".into(),
             guest_name: "k".into(),
-            value: Secret::new(Zeroizing::new(value.to_vec())),
+            value: Secret::new(SecretBytes::from_slice(value)),
         };
         let b64 = base64::engine::general_purpose::STANDARD;
         let raw = b"\x00bin\xffary";

@@ -1,5 +1,6 @@
 //! The one place that calls libc directly: fd flags, the child's pre-exec setup, signal
-//! re-raising and sealed memfds. Every `unsafe` block in the crate lives here.
+//! re-raising, sealed memfds, and the pages that hold secrets. Every `unsafe` block in the crate
+//! lives here.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -7,6 +8,129 @@ use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+
+/// Makes credbridge non-dumpable: no core file of it, and no `/proc/PID/mem`, `environ` or
+/// ptrace for other processes of the same uid (prctl(2) PR_SET_DUMPABLE; proc(5): the files of
+/// a non-dumpable process belong to root). Its memory holds every credential in plaintext
+/// until the VM has them. Called first thing in `main`. The hypervisor is not affected: exec
+/// makes a process dumpable again.
+pub fn set_non_dumpable() -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_DUMPABLE takes plain integers and changes only this process.
+    let r = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong, 0, 0, 0) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether this process is dumpable (prctl(2) PR_GET_DUMPABLE).
+pub fn is_dumpable() -> bool {
+    // SAFETY: PR_GET_DUMPABLE reads a flag of this process; the other arguments are unused.
+    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) != 0 }
+}
+
+/// Anonymous private pages for secret bytes, apart from the heap: marked MADV_DONTDUMP so that
+/// no core dump holds them (even where `fs.suid_dumpable=2` dumps non-dumpable processes),
+/// locked in RAM with mlock(2) where RLIMIT_MEMLOCK allows (best effort: a failed mlock only
+/// means the pages may be swapped), and zeroed and unmapped on drop. A heap buffer could share
+/// its pages with anything, and the allocator may keep its bytes after free; these pages hold
+/// nothing else and go back to the kernel whole.
+pub struct SecretPages {
+    ptr: std::ptr::NonNull<u8>,
+    /// The mapped length, a multiple of the page size; 0 maps nothing.
+    len: usize,
+    locked: bool,
+}
+
+// SAFETY: SecretPages owns its mapping exclusively, like a Vec owns its allocation; nothing
+// else holds the pointer, so moving it to or sharing `&` across threads is sound.
+unsafe impl Send for SecretPages {}
+// SAFETY: as above; `&SecretPages` only reads.
+unsafe impl Sync for SecretPages {}
+
+impl SecretPages {
+    /// At least `capacity` zeroed bytes. Aborts like a Vec on out-of-memory.
+    pub fn new(capacity: usize) -> SecretPages {
+        if capacity == 0 {
+            return SecretPages {
+                ptr: std::ptr::NonNull::dangling(),
+                len: 0,
+                locked: false,
+            };
+        }
+        let page = page_size();
+        let len = capacity.div_ceil(page) * page;
+        // SAFETY: an anonymous private mapping at an address the kernel picks; no fd, no
+        // existing memory is touched.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            std::alloc::handle_alloc_error(
+                std::alloc::Layout::from_size_align(len, page).expect("page-aligned layout"),
+            );
+        }
+        // SAFETY: ptr..ptr+len is the mapping just made; madvise only sets a flag on it.
+        // Failure (a kernel without MADV_DONTDUMP) leaves the pages usable.
+        unsafe { libc::madvise(ptr, len, libc::MADV_DONTDUMP) };
+        // SAFETY: as above; mlock fails cleanly with ENOMEM/EPERM above RLIMIT_MEMLOCK.
+        let locked = unsafe { libc::mlock(ptr, len) } == 0;
+        SecretPages {
+            ptr: std::ptr::NonNull::new(ptr.cast()).expect("mmap never returns NULL here"),
+            len,
+            locked,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.len
+    }
+
+    /// Whether mlock succeeded.
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len bytes (or dangling with len 0), initialised (zero pages
+        // from the kernel, then our writes), and borrowed for &self's lifetime.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in as_slice, and &mut self makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SecretPages {
+    fn drop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        zeroize::Zeroize::zeroize(self.as_mut_slice());
+        let addr = self.ptr.as_ptr().cast::<libc::c_void>();
+        if self.locked {
+            // SAFETY: the range is our own locked mapping.
+            unsafe { libc::munlock(addr, self.len) };
+        }
+        // SAFETY: the range is our own mapping, unmapped once; no slice of it outlives self.
+        unsafe { libc::munmap(addr, self.len) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf reads a constant of the system.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as usize } else { 4096 }
+}
 
 /// Marks every inherited fd above stderr close-on-exec.
 ///
@@ -269,6 +393,51 @@ pub fn reap_strays(own: Option<u32>) -> Vec<i32> {
 mod tests {
     use super::*;
     use std::io::{Read, Seek, Write};
+
+    /// The VmFlags line of the /proc/self/smaps entry that starts at `addr`.
+    fn vm_flags_at(addr: usize) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut lines = smaps.lines();
+        while let Some(line) = lines.next() {
+            let start = line.split('-').next().unwrap_or("");
+            if usize::from_str_radix(start, 16).ok() != Some(addr) {
+                continue;
+            }
+            return lines
+                .find_map(|l| l.strip_prefix("VmFlags:"))
+                .unwrap()
+                .to_owned();
+        }
+        panic!("no mapping at {addr:#x}");
+    }
+
+    #[test]
+    fn secret_pages_are_not_dumped_and_locked_when_the_limit_allows() {
+        // #11: secret buffers are kept out of core dumps (the `dd` flag in smaps(5)) and locked
+        // (`lo`) where RLIMIT_MEMLOCK allows.
+        let mut p = SecretPages::new(3 * 4096 + 1);
+        assert_eq!(p.capacity() % page_size(), 0);
+        assert!(p.capacity() > 3 * 4096);
+        assert!(p.as_slice().iter().all(|&b| b == 0));
+        p.as_mut_slice()[0] = 7;
+        let addr = p.as_slice().as_ptr() as usize;
+        let flags = vm_flags_at(addr);
+        let flags: Vec<&str> = flags.split_whitespace().collect();
+        assert!(flags.contains(&"dd"), "{flags:?}");
+        assert_eq!(flags.contains(&"lo"), p.is_locked(), "{flags:?}");
+        drop(p);
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        assert!(!smaps.contains(&format!("{addr:x}-")), "unmapped on drop");
+        let empty = SecretPages::new(0);
+        assert!(empty.as_slice().is_empty());
+    }
+
+    #[test]
+    fn non_dumpable_after_the_call() {
+        assert!(is_dumpable(), "a test process starts dumpable");
+        set_non_dumpable().unwrap();
+        assert!(!is_dumpable());
+    }
 
     #[test]
     fn sealed_memfd_reads_back_and_refuses_changes() {

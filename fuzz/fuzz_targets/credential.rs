@@ -16,10 +16,9 @@
 #![no_main]
 
 use base64::Engine;
-use credbridge::credentials::{self, Credential, Secret, Selection};
+use credbridge::credentials::{self, Credential, Secret, SecretBytes, Selection};
 use credbridge::oem::{self, BINARY_PREFIX, Form, Limits, OemString, Origin, PLAIN_PREFIX};
 use libfuzzer_sys::fuzz_target;
-use zeroize::Zeroizing;
 
 /// systemd's `credential_name_valid()` as its documentation states it, less `=`, which the
 /// guest reads as the end of the name (this target found that; see src/credentials.rs).
@@ -88,7 +87,7 @@ fuzz_target!(|data: &[u8]| {
     let cred = Credential {
         name: name.clone(),
         guest_name: name.clone(),
-        value: Secret::new(Zeroizing::new(value.to_vec())),
+        value: Secret::new(SecretBytes::from_slice(value)),
     };
     let s = OemString::from_credential(&cred, plain_ok);
     let form = match &s.origin {

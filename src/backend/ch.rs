@@ -10,12 +10,12 @@ use hyper::Method;
 use nix::fcntl::OFlag;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
-use zeroize::Zeroizing;
 
 use super::{BackendEvent, Boxed, Spawn, maybe, sleep_until};
 use crate::apiclient::{ApiClient, ApiError};
 use crate::apisocket::{ApiSocket, ApiSocketError};
 use crate::ch::ChArgv;
+use crate::credentials::SecretBytes;
 use crate::events::{Event, EventParser};
 use crate::hostenv::HostEnv;
 use crate::plan::{ApiSource, FdNames, Plan};
@@ -247,15 +247,16 @@ fn remove_stale_socket(path: &Path) {
     }
 }
 
-fn json_body(v: &serde_json::Value) -> Zeroizing<Vec<u8>> {
-    Zeroizing::new(serde_json::to_vec(v).expect("a Value always serializes"))
+/// vm.add-net/vm.add-device bodies: not secret, but the API client takes one buffer type.
+fn json_body(v: &serde_json::Value) -> SecretBytes {
+    SecretBytes::from_slice(&serde_json::to_vec(v).expect("a Value always serializes"))
 }
 
 async fn boot_sequence(
     client: ApiClient,
-    create: Zeroizing<Vec<u8>>,
-    nets: Vec<(Zeroizing<Vec<u8>>, Vec<RawFd>)>,
-    devices: Vec<(Zeroizing<Vec<u8>>, RawFd)>,
+    create: SecretBytes,
+    nets: Vec<(SecretBytes, Vec<RawFd>)>,
+    devices: Vec<(SecretBytes, RawFd)>,
 ) -> Result<(), ApiError> {
     client.put("vm.create", Some(create)).await?;
     // vm.create drops fds from the JSON (cloud-hypervisor.md section 3); added before boot,

@@ -14,7 +14,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use zeroize::Zeroizing;
+use crate::credentials::SecretBytes;
 
 use crate::oem::{OemString, Origin};
 
@@ -120,7 +120,7 @@ pub struct QemuArgv {
     /// argv (verified with QEMU 7.2 and a systemd 252 guest: on a duplicate name the argv's
     /// string, the first, wins).
     /// Zeroed on drop and hidden from Debug: a `path=` file may hold a secret.
-    pub oem_strings: Vec<(Zeroizing<Vec<u8>>, ArgvSource)>,
+    pub oem_strings: Vec<(SecretBytes, ArgvSource)>,
     /// The argv's own monitors (`-qmp`, `-qmp-pretty`, `-mon`, `-monitor`), kept as given;
     /// credbridge adds its own QMP monitor regardless.
     pub monitors: Vec<String>,
@@ -300,15 +300,14 @@ fn short(arg: &[u8]) -> String {
 /// QEMU, a FIFO blocks, a device like /dev/zero never ends. O_NONBLOCK keeps open(2) of a FIFO
 /// from waiting for a writer; fstat then judges what was opened. Nothing above QEMU's 64 KiB of
 /// SMBIOS tables is read (#11).
-fn read_argv_file(key: &'static str, path: &Path) -> Result<Zeroizing<Vec<u8>>, ArgvError> {
-    use std::io::Read;
+fn read_argv_file(key: &'static str, path: &Path) -> Result<SecretBytes, ArgvError> {
     use std::os::unix::fs::OpenOptionsExt;
     let read_err = |source| ArgvError::ReadPath {
         key,
         path: path.into(),
         source,
     };
-    let file = std::fs::File::options()
+    let mut file = std::fs::File::options()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
@@ -330,19 +329,18 @@ fn read_argv_file(key: &'static str, path: &Path) -> Result<Zeroizing<Vec<u8>>, 
     if meta.len() > max as u64 {
         return Err(too_large(meta.len()));
     }
-    // Sized once, one spare byte to notice a file that grew since the fstat.
-    let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
-    file.take(max as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    if bytes.len() > max {
-        return Err(too_large(bytes.len() as u64));
-    }
-    Ok(bytes)
+    // At most `max` + 1 bytes are read, even from a file that grew since the fstat.
+    crate::credentials::read_secret(&mut file, max).map_err(|e| {
+        if e.kind() == io::ErrorKind::FileTooLarge {
+            too_large(max as u64 + 1)
+        } else {
+            read_err(e)
+        }
+    })
 }
 
 /// A `path=` string: the file's bytes, which must hold no NUL.
-fn read_path_string(path: &Path) -> Result<Zeroizing<Vec<u8>>, ArgvError> {
+fn read_path_string(path: &Path) -> Result<SecretBytes, ArgvError> {
     let bytes = read_argv_file("type=11,path", path)?;
     if let Some(offset) = bytes.iter().position(|&b| b == 0) {
         return Err(ArgvError::PathNul {
@@ -403,7 +401,7 @@ fn smbios(arg: &[u8], out: &mut QemuArgv) -> Result<(), ArgvError> {
         match (item.key.as_str(), &item.value) {
             ("value", Some(v)) => out
                 .oem_strings
-                .push((Zeroizing::new(v.clone()), ArgvSource::Value)),
+                .push((SecretBytes::from_slice(v), ArgvSource::Value)),
             ("path", Some(p)) => {
                 if let Some(fd) = fd_of_path(p) {
                     out.inherited_fds.push(fd);
@@ -718,7 +716,7 @@ mod tests {
             OsString::from("type=0xb,value=last"),
         ];
         let p = parse_argv(&args).unwrap();
-        let got: Vec<&[u8]> = p.oem_strings.iter().map(|(b, _)| b.as_slice()).collect();
+        let got: Vec<&[u8]> = p.oem_strings.iter().map(|(b, _)| &b[..]).collect();
         assert_eq!(
             got,
             vec![
@@ -728,7 +726,7 @@ mod tests {
             ]
         );
         assert_eq!(p.oem_strings[1].1, ArgvSource::Path(f));
-        // Zeroizing's Debug hides the bytes; a plain Vec<u8> would print them as numbers.
+        // SecretBytes' Debug hides the bytes; a plain Vec<u8> would print them as numbers.
         let shown = format!("{p:?}");
         let as_numbers = format!("{:?}", &p.oem_strings[1].0[..8]);
         let as_numbers = as_numbers.trim_matches(|c| c == '[' || c == ']');
