@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::ch::{self, ChArgv, Mode, SocketArg};
 use crate::cli::{Delivery, HypervisorKind, Ready, RunArgs};
@@ -604,7 +604,8 @@ impl Plan {
             .iter()
             .find(|s| s.guest_name.as_deref() == Some("vmm.notify_socket"));
         if let Some(s) = existing {
-            let text = String::from_utf8_lossy(s.expose()).into_owned();
+            // It may be a credential: the copy is zeroized.
+            let text = Zeroizing::new(String::from_utf8_lossy(s.expose()).into_owned());
             let value = text.split_once('=').map(|(_, v)| v).unwrap_or("");
             // A binary-form string would need decoding; the plain form is what microvm.nix
             // and credbridge write.
@@ -710,16 +711,18 @@ impl Plan {
         Ok(self.redact_args(&args.0))
     }
 
-    /// Any argv with every credential value replaced by its size.
+    /// Any argv with every credential value replaced by its size. Every intermediate string
+    /// may hold a value, so each is zeroized and built without reallocation (#11).
     pub fn redact_args(&self, args: &[OsString]) -> Vec<String> {
         args.iter()
             .map(|a| {
-                let mut s = a.to_string_lossy().into_owned();
+                let mut s = Zeroizing::new(a.to_string_lossy().into_owned());
                 for o in self.strings.iter().filter(|o| o.is_confidential()) {
-                    let secret = String::from_utf8_lossy(o.expose()).into_owned();
-                    s = s.replace(&secret, &o.redacted());
+                    let secret = Zeroizing::new(String::from_utf8_lossy(o.expose()).into_owned());
+                    s = replace_exact(&s, &secret, &o.redacted());
                 }
-                s
+                // Every value is replaced: what is returned holds none.
+                String::clone(&s)
             })
             .collect()
     }
@@ -897,6 +900,28 @@ impl CreatePlan {
     }
 }
 
+/// `hay` with every `from` replaced by `to`, in one allocation of the exact size, zeroed on
+/// drop: `hay` may hold a secret, and a String that grows leaves copies of what it held in
+/// freed memory (`str::replace` grows).
+fn replace_exact(hay: &str, from: &str, to: &str) -> Zeroizing<String> {
+    if from.is_empty() {
+        return Zeroizing::new(hay.to_owned());
+    }
+    let n = hay.matches(from).count();
+    let mut out = Zeroizing::new(String::with_capacity(
+        hay.len() - n * from.len() + n * to.len(),
+    ));
+    let mut last = 0;
+    for (at, _) in hay.match_indices(from) {
+        out.push_str(&hay[last..at]);
+        out.push_str(to);
+        last = at + from.len();
+    }
+    out.push_str(&hay[last..]);
+    debug_assert_eq!(out.len(), out.capacity());
+    out
+}
+
 /// JSON string escaping into a buffer that must not reallocate. OEM strings are UTF-8 here:
 /// argv and flag strings are Rust strings, binary-form credentials are base64, and plain-form
 /// ones were chosen only for valid UTF-8.
@@ -940,6 +965,30 @@ mod tests {
             .collect();
         let out = strip_option(&a, "--api-socket");
         assert_eq!(out, vec!["--x", "1", "--y"]);
+    }
+
+    #[test]
+    fn replace_exact_builds_the_result_in_one_exact_allocation() {
+        for (hay, from, to, want) in [
+            (
+                "a=SECRET,b=SECRET",
+                "SECRET",
+                "<redacted 6 bytes>",
+                "a=<redacted 6 bytes>,b=<redacted 6 bytes>",
+            ),
+            ("SECRET", "SECRET", "", ""),
+            ("none here", "SECRET", "x", "none here"),
+            ("aaa", "aa", "b", "ba"),
+            ("abc", "", "x", "abc"),
+        ] {
+            let out = replace_exact(hay, from, to);
+            assert_eq!(out.as_str(), want);
+            assert_eq!(
+                out.capacity(),
+                out.len(),
+                "{hay:?}: no spare room, so no regrowth"
+            );
+        }
     }
 
     #[test]

@@ -385,3 +385,54 @@ fn credentials_over_the_total_are_refused_by_size_before_they_are_read() {
     }
     assert!(!rig.record_file("pid").exists(), "nothing started");
 }
+
+/// Every readable mapping of `pid`'s memory, through /proc/PID/mem (root reads it even for a
+/// non-dumpable process).
+fn process_memory(pid: u32) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut all = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let range = fields.next().unwrap();
+        let perms = fields.next().unwrap();
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let mut buf = vec![0u8; (end - start) as usize];
+        if mem.seek(SeekFrom::Start(start)).is_ok() && mem.read_exact(&mut buf).is_ok() {
+            all.extend_from_slice(&buf);
+        }
+    }
+    assert!(all.len() > 1 << 20, "read {} bytes of memory", all.len());
+    all
+}
+
+#[test]
+fn no_copy_of_a_value_is_left_in_memory_once_handed_over_even_at_debug_level() {
+    // #11: at --log-level debug the redaction helpers copied every value for every argv token
+    // and every event, and freed the copies unzeroed, so they stayed in the heap while the VM
+    // ran. Once the VM has the strings, no byte of a value may remain in credbridge.
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: reading another process's memory needs root");
+        return;
+    }
+    let mut rig = Rig::new();
+    let value = format!("h11c-memory-scan-{}-value", std::process::id());
+    put(&mut rig, "plain", value.as_bytes());
+    let binary: Vec<u8> = value.bytes().chain([0xff, 0x00, 0xfe]).collect();
+    put(&mut rig, "binary", &binary);
+    let child = spawn(&rig, &["--log-level", "debug"], &[]);
+    rig.notify.wait_for("READY=1", T).expect("READY=1");
+    // The hand-over (vm.boot's answer) can come just after vm:booted.
+    std::thread::sleep(Duration::from_millis(500));
+    let memory = process_memory(child.id());
+    rig.assert_no_secret_in("credbridge's memory", &memory);
+    signal(&child, Signal::SIGTERM);
+    let end = finish(&mut rig, child);
+    assert_eq!(end.status.code(), Some(0), "{}", end.stderr);
+}

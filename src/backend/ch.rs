@@ -86,11 +86,10 @@ impl ChBackend {
             // cloud-hypervisor binds the vsock socket itself and fails on a leftover one.
             remove_stale_socket(path);
         }
-        tracing::debug!(
-            "hypervisor argv: {}",
-            plan.redacted_child_args(ch, &fds)?.join(" ")
-        );
         let args = plan.child_args(ch, &fds)?;
+        // Redacted from the argv just built, not from a second one (argv delivery: a second
+        // set of copies of every value).
+        tracing::debug!("hypervisor argv: {}", plan.redact_args(&args.0).join(" "));
         let client = ApiClient::new(api.connect_to.clone(), api.peer, SHORT_REQUEST_TIMEOUT);
         Ok((
             ChBackend {
