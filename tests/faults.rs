@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -66,13 +66,6 @@ fn sweep(rig: &mut Rig, stdout: &[u8], stderr: &[u8]) {
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-/// A credential written straight into the directory (no systemd-creds round trip), remembered
-/// for the sweep.
-fn put(rig: &mut Rig, name: impl AsRef<OsStr>, value: &[u8]) {
-    std::fs::write(rig.creds.join(name.as_ref()), value).unwrap();
-    rig.secrets.push(value.to_vec());
-}
-
 fn vm_args(rig: &Rig) -> Vec<String> {
     rig.vm_args()
 }
@@ -84,72 +77,6 @@ fn spawn_vm(rig: &Rig, flags: &[&str], (knob, value): (&str, &str)) -> Child {
         .env(knob, value)
         .spawn()
         .unwrap()
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
-struct Ended {
-    status: ExitStatus,
-    stdout: Vec<u8>,
-    stderr: String,
-    msgs: Vec<String>,
-}
-
-fn finish(rig: &mut Rig, mut child: Child, timeout: Duration) -> Ended {
-    use std::io::Read;
-    let status = wait_exit(&mut child, timeout);
-    let mut stdout = Vec::new();
-    if let Some(mut o) = child.stdout.take() {
-        o.read_to_end(&mut stdout).unwrap();
-    }
-    let stderr = stderr_of(&mut child);
-    let msgs = rig.notify.messages();
-    Ended {
-        status,
-        stdout,
-        stderr,
-        msgs,
-    }
-}
-
-/// `Command::output` with a deadline: a case that wrongly starts the VM fails instead of
-/// hanging the suite (the hypervisor dies with credbridge, by its parent-death signal).
-trait OutputWithin {
-    fn output_within(&mut self) -> Output;
-}
-
-impl OutputWithin for Command {
-    fn output_within(&mut self) -> Output {
-        use std::io::Read;
-        let mut child = self
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let status = wait_exit(&mut child, T);
-        let mut stdout = Vec::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_end(&mut stdout)
-            .unwrap();
-        let mut stderr = Vec::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_end(&mut stderr)
-            .unwrap();
-        Output {
-            status,
-            stdout,
-            stderr,
-        }
-    }
 }
 
 fn has(msgs: &[String], needle: &str) -> bool {
@@ -639,7 +566,7 @@ fn oversized_values_are_refused_before_start() {
         &mut rig,
         &out,
         &[
-            "credentials total 1048579 bytes",
+            "credential \"big\" brings the credentials' total to 1048579 bytes",
             "the limit is 1048576 bytes",
         ],
     );

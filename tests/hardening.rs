@@ -4,7 +4,7 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, ExitStatus, Output};
+use std::process::{Child, Output};
 use std::time::Duration;
 
 use common::*;
@@ -12,15 +12,7 @@ use nix::sys::signal::Signal;
 
 const T: Duration = Duration::from_secs(10);
 
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
-fn put(rig: &mut Rig, name: &str, value: &[u8]) {
-    std::fs::write(rig.creds.join(name), value).unwrap();
-    rig.secrets.push(value.to_vec());
-}
-
+/// `credbridge run FLAGS -- <the rig's VM>` with the fake's knobs set.
 fn spawn(rig: &Rig, flags: &[&str], knobs: &[(&str, &str)]) -> Child {
     let args = rig.vm_args();
     let mut cmd = rig.command("run", flags, &strs(&args));
@@ -30,44 +22,18 @@ fn spawn(rig: &Rig, flags: &[&str], knobs: &[(&str, &str)]) -> Child {
     cmd.spawn().unwrap()
 }
 
-struct Ended {
-    status: ExitStatus,
-    stderr: String,
-    msgs: Vec<String>,
+/// [`finish`], and no value in stderr or the notify messages.
+fn end_of(rig: &mut Rig, child: Child) -> Ended {
+    let end = finish(rig, child, T);
+    rig.assert_no_secret_in("stderr", end.stderr.as_bytes());
+    rig.assert_no_secret_in("the notify messages", end.msgs.join("\n").as_bytes());
+    end
 }
 
-fn finish(rig: &mut Rig, mut child: Child) -> Ended {
-    let status = wait_exit(&mut child, T);
-    let stderr = stderr_of(&mut child);
-    rig.assert_no_secret_in("stderr", stderr.as_bytes());
-    let msgs = rig.notify.messages();
-    rig.assert_no_secret_in("the notify messages", msgs.join("\n").as_bytes());
-    Ended {
-        status,
-        stderr,
-        msgs,
-    }
-}
-
-/// `Command::output` with a deadline, so that a case the old code ran forever fails instead.
+/// `credbridge run FLAGS -- <the rig's VM>` to its end, within the deadline.
 fn output_within(rig: &Rig, flags: &[&str]) -> Output {
-    use std::io::Read;
     let args = rig.vm_args();
-    let mut child = rig.command("run", flags, &strs(&args)).spawn().unwrap();
-    let status = wait_exit(&mut child, T);
-    let mut stdout = Vec::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut stdout)
-        .unwrap();
-    let stderr = stderr_of(&mut child).into_bytes();
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
+    rig.command("run", flags, &strs(&args)).output_within()
 }
 
 /// The STATUS= of every notify message, in order.
@@ -114,7 +80,7 @@ fn a_failed_start_whose_hypervisor_dies_by_our_sigterm_exits_125_and_says_why_la
             ("FAKE_CH_DIE_BY_SIGTERM", "1"),
         ],
     );
-    let end = finish(&mut rig, child);
+    let end = end_of(&mut rig, child);
     assert_eq!(end.status.signal(), None, "{}", end.stderr);
     assert_eq!(end.status.code(), Some(125), "{}", end.stderr);
     let log = std::fs::read_to_string(rig.record_file("signals.log")).unwrap();
@@ -132,7 +98,7 @@ fn a_failed_start_ends_with_the_failure_when_the_hypervisor_exits_cleanly_too() 
     let mut rig = Rig::new();
     put(&mut rig, "k", b"secret-failed-then-exit");
     let child = spawn(&rig, &[], &[("FAKE_CH_API_ERROR", "vm.boot:500")]);
-    let end = finish(&mut rig, child);
+    let end = end_of(&mut rig, child);
     assert_eq!(end.status.code(), Some(125), "{}", end.stderr);
     let statuses = statuses(&end.msgs);
     assert!(
@@ -163,7 +129,7 @@ fn ready_spawn_does_not_claim_delivery_before_the_handover() {
     assert!(!ready.contains("delivered"), "{ready}");
     assert!(ready.contains("credentials not yet handed over"), "{ready}");
     signal(&child, Signal::SIGTERM);
-    let end = finish(&mut rig, child);
+    let end = end_of(&mut rig, child);
     assert!(
         !statuses(&end.msgs).iter().any(|s| s.contains("delivered")),
         "vm.create never answered: {:?}",
@@ -182,7 +148,7 @@ fn ready_spawn_does_not_claim_delivery_before_the_handover() {
         .expect("the status after the handover");
     assert!(!delivered.contains("READY=1"), "{delivered}");
     signal(&child, Signal::SIGTERM);
-    let end = finish(&mut rig, child);
+    let end = end_of(&mut rig, child);
     assert_eq!(end.status.code(), Some(0), "{}", end.stderr);
 }
 
@@ -236,7 +202,7 @@ fn a_sigterm_forced_stop_is_not_called_a_poweroff() {
     );
     rig.notify.wait_for("READY=1", T).expect("READY=1");
     signal(&child, Signal::SIGTERM);
-    let end = finish(&mut rig, child);
+    let end = end_of(&mut rig, child);
     assert_eq!(end.status.code(), Some(0), "{}", end.stderr);
     assert!(!says_powered_off(&end.stderr), "{}", end.stderr);
     assert!(
@@ -254,7 +220,7 @@ fn a_guest_that_answers_the_power_button_powered_off() {
     let child = spawn(&rig, &[], &[]);
     rig.notify.wait_for("READY=1", T).expect("READY=1");
     signal(&child, Signal::SIGTERM);
-    let end = finish(&mut rig, child);
+    let end = end_of(&mut rig, child);
     assert_eq!(end.status.code(), Some(0), "{}", end.stderr);
     assert!(
         end.stderr
@@ -271,7 +237,7 @@ fn a_vcpu_error_is_not_called_a_poweroff() {
     let mut rig = Rig::new();
     put(&mut rig, "k", b"secret-vcpu-error");
     let child = spawn(&rig, &[], &[("FAKE_CH_VCPU_ERROR_AFTER_BOOT_MS", "200")]);
-    let end = finish(&mut rig, child);
+    let end = end_of(&mut rig, child);
     assert_eq!(end.status.code(), Some(0), "{}", end.stderr);
     assert!(
         end.stderr.contains("VCPU generated error"),
@@ -338,7 +304,7 @@ fn the_running_process_is_not_dumpable() {
         "/proc/PID/mem of a non-dumpable process is root's"
     );
     signal(&child, Signal::SIGTERM);
-    let end = finish(&mut rig, child);
+    let end = end_of(&mut rig, child);
     assert_eq!(end.status.code(), Some(0), "{}", end.stderr);
 }
 
@@ -349,7 +315,7 @@ fn too_many_credentials_name_the_first_that_does_not_fit_and_its_number() {
     for i in 0..300 {
         put(
             &mut rig,
-            &format!("c{i:03}"),
+            format!("c{i:03}"),
             format!("value-{i:03}").as_bytes(),
         );
     }
@@ -433,6 +399,6 @@ fn no_copy_of_a_value_is_left_in_memory_once_handed_over_even_at_debug_level() {
     let memory = process_memory(child.id());
     rig.assert_no_secret_in("credbridge's memory", &memory);
     signal(&child, Signal::SIGTERM);
-    let end = finish(&mut rig, child);
+    let end = end_of(&mut rig, child);
     assert_eq!(end.status.code(), Some(0), "{}", end.stderr);
 }

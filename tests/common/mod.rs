@@ -377,6 +377,13 @@ pub fn http_get(sock: &Path, path: &str) -> String {
     out
 }
 
+/// A credential written straight into the directory (no systemd-creds round trip), remembered
+/// for the sweep.
+pub fn put(rig: &mut Rig, name: impl AsRef<std::ffi::OsStr>, value: &[u8]) {
+    std::fs::write(rig.creds.join(name.as_ref()), value).unwrap();
+    rig.secrets.push(value.to_vec());
+}
+
 pub fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -384,4 +391,69 @@ pub fn strs(v: &[String]) -> Vec<&str> {
 pub fn chmod(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// How a credbridge the test started ended, with everything it said.
+pub struct Ended {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+    pub msgs: Vec<String>,
+}
+
+/// Waits for `child` (killed and failed after `timeout`) and collects its output and the
+/// notify messages.
+pub fn finish(rig: &mut Rig, mut child: Child, timeout: Duration) -> Ended {
+    use std::io::Read;
+    let status = wait_exit(&mut child, timeout);
+    let mut stdout = Vec::new();
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_end(&mut stdout).unwrap();
+    }
+    let stderr = stderr_of(&mut child);
+    let msgs = rig.notify.messages();
+    Ended {
+        status,
+        stdout,
+        stderr,
+        msgs,
+    }
+}
+
+/// `Command::output` with a deadline: a case that wrongly starts the VM fails instead of
+/// hanging the suite (the hypervisor dies with credbridge, by its parent-death signal).
+pub trait OutputWithin {
+    fn output_within(&mut self) -> std::process::Output;
+}
+
+impl OutputWithin for Command {
+    fn output_within(&mut self) -> std::process::Output {
+        use std::io::Read;
+        let mut child = self
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = wait_exit(&mut child, Duration::from_secs(10));
+        let mut stdout = Vec::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_end(&mut stdout)
+            .unwrap();
+        let mut stderr = Vec::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_end(&mut stderr)
+            .unwrap();
+        std::process::Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
 }
