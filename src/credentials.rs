@@ -62,7 +62,7 @@ impl SecretBytes {
             "SecretBytes sized too small: {end} > {}",
             self.capacity()
         );
-        self.pages.as_mut_slice()[self.len..end].copy_from_slice(bytes);
+        self.pages.as_mut_prefix(end)[self.len..].copy_from_slice(bytes);
         self.len = end;
     }
 
@@ -73,7 +73,7 @@ impl SecretBytes {
     /// Shortens to `len`, zeroing what is cut off.
     pub fn truncate(&mut self, len: usize) {
         if len < self.len {
-            zeroize::Zeroize::zeroize(&mut self.pages.as_mut_slice()[len..self.len]);
+            zeroize::Zeroize::zeroize(&mut self.pages.as_mut_prefix(self.len)[len..]);
             self.len = len;
         }
     }
@@ -93,7 +93,7 @@ impl SecretBytes {
                     Err(e) => Err(e),
                 };
             }
-            match file.read(&mut self.pages.as_mut_slice()[self.len..limit]) {
+            match file.read(&mut self.pages.as_mut_prefix(limit)[self.len..]) {
                 Ok(0) => return Ok(()),
                 Ok(n) => self.len += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -120,7 +120,7 @@ impl std::ops::Deref for SecretBytes {
 
 impl std::ops::DerefMut for SecretBytes {
     fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.pages.as_mut_slice()[..self.len]
+        self.pages.as_mut_prefix(self.len)
     }
 }
 

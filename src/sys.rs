@@ -39,6 +39,9 @@ pub struct SecretPages {
     ptr: std::ptr::NonNull<u8>,
     /// The mapped length, a multiple of the page size; 0 maps nothing.
     len: usize,
+    /// How far writes may have reached: drop zeroes only this much (a 4 KiB page for a
+    /// 100-byte string would otherwise cost 4096 volatile writes).
+    dirty: usize,
     locked: bool,
 }
 
@@ -55,6 +58,7 @@ impl SecretPages {
             return SecretPages {
                 ptr: std::ptr::NonNull::dangling(),
                 len: 0,
+                dirty: 0,
                 locked: false,
             };
         }
@@ -85,6 +89,7 @@ impl SecretPages {
         SecretPages {
             ptr: std::ptr::NonNull::new(ptr.cast()).expect("mmap never returns NULL here"),
             len,
+            dirty: 0,
             locked,
         }
     }
@@ -104,9 +109,12 @@ impl SecretPages {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in as_slice, and &mut self makes the borrow unique.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    /// The first `n` bytes (at most the capacity), writable; drop zeroes them.
+    pub fn as_mut_prefix(&mut self, n: usize) -> &mut [u8] {
+        let n = n.min(self.len);
+        self.dirty = self.dirty.max(n);
+        // SAFETY: as in as_slice, n <= len, and &mut self makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), n) }
     }
 }
 
@@ -115,7 +123,8 @@ impl Drop for SecretPages {
         if self.len == 0 {
             return;
         }
-        zeroize::Zeroize::zeroize(self.as_mut_slice());
+        let dirty = self.dirty;
+        zeroize::Zeroize::zeroize(self.as_mut_prefix(dirty));
         let addr = self.ptr.as_ptr().cast::<libc::c_void>();
         if self.locked {
             // SAFETY: the range is our own locked mapping.
@@ -419,7 +428,7 @@ mod tests {
         assert_eq!(p.capacity() % page_size(), 0);
         assert!(p.capacity() > 3 * 4096);
         assert!(p.as_slice().iter().all(|&b| b == 0));
-        p.as_mut_slice()[0] = 7;
+        p.as_mut_prefix(1)[0] = 7;
         let addr = p.as_slice().as_ptr() as usize;
         let flags = vm_flags_at(addr);
         let flags: Vec<&str> = flags.split_whitespace().collect();
