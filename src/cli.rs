@@ -44,6 +44,18 @@ pub enum Delivery {
     Argv,
 }
 
+/// Which channel carries the credentials into the guest (`--channel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Channel {
+    /// Per credential: SMBIOS where the machine has SMBIOS and it fits the budget, else fw_cfg.
+    Auto,
+    /// Every credential as an SMBIOS type 11 OEM string.
+    Smbios,
+    /// Every credential as a fw_cfg file `opt/io.systemd.credentials/NAME`.
+    #[value(name = "fw-cfg")]
+    FwCfg,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Ready {
     /// READY=1 right after the hypervisor is spawned.
@@ -81,6 +93,12 @@ pub struct RunArgs {
     /// first 4096 bytes and silently cut the rest; raise it only for newer guests.
     #[arg(long, value_name = "BYTES", default_value_t = crate::oem::DEFAULT_BUDGET)]
     pub smbios_budget: usize,
+
+    /// Which channel carries the credentials: `auto` picks per credential (SMBIOS where the
+    /// machine has SMBIOS and the credential fits --smbios-budget, else fw_cfg); `smbios` or
+    /// `fw-cfg` forces one channel for all. Non-credential OEM strings are always SMBIOS.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub channel: Channel,
 
     /// Which hypervisor HYPERVISOR is [default: from its file name].
     #[arg(long, value_enum)]

@@ -9,6 +9,7 @@ pub mod ch;
 pub mod cli;
 pub mod credentials;
 pub mod events;
+pub mod fwcfg;
 pub mod guestnotify;
 pub mod hostenv;
 pub mod logging;

@@ -148,6 +148,28 @@ impl OemString {
         matches!(self.origin, Origin::Argv | Origin::ArgvFile(_))
     }
 
+    /// The bytes the guest's systemd will import for this credential string: the value after
+    /// `NAME=`, base64-decoded for the binary form. `None` for a string that is no credential
+    /// or whose base64 does not decode (systemd skips such a string too).
+    pub fn credential_value(&self) -> Option<Zeroizing<Vec<u8>>> {
+        let binary = self.bytes.starts_with(BINARY_PREFIX.as_bytes());
+        let rest = self
+            .bytes
+            .strip_prefix(BINARY_PREFIX.as_bytes())
+            .or_else(|| self.bytes.strip_prefix(PLAIN_PREFIX.as_bytes()))?;
+        let value = &rest[rest.iter().position(|&b| b == b'=')? + 1..];
+        if !binary {
+            return Some(Zeroizing::new(value.to_vec()));
+        }
+        // Sized once: no reallocation may leave an unzeroed copy of the secret behind.
+        let mut out = Zeroizing::new(vec![0u8; value.len() / 4 * 3 + 3]);
+        let n = base64::engine::general_purpose::STANDARD
+            .decode_slice(value, &mut out[..])
+            .ok()?;
+        out.truncate(n);
+        Some(out)
+    }
+
     /// A string QEMU reads from a file its argv names.
     pub fn from_argv_file(bytes: &[u8], path: std::path::PathBuf) -> Self {
         OemString {

@@ -22,6 +22,8 @@ pub enum PlanError {
     Credential(#[from] CredentialError),
     #[error(transparent)]
     Oem(#[from] OemError),
+    #[error(transparent)]
+    Channel(#[from] crate::fwcfg::ChannelError),
     #[error(
         "hypervisor argv: {0}\nhint: credbridge refuses what cloud-hypervisor would refuse, before starting it"
     )]
@@ -124,6 +126,9 @@ pub struct Plan {
     pub target: Target,
     /// Every OEM string in SMBIOS order: the argv's own, `--oem-string`, then credentials.
     pub strings: Vec<OemString>,
+    /// The credentials that go as fw_cfg files instead (#15), and where each went and why.
+    pub fw_cfg: Vec<crate::fwcfg::FwCfgItem>,
+    pub choices: Vec<crate::fwcfg::Choice>,
     pub credential_count: usize,
     pub budget: usize,
     pub api_source: ApiSource,
@@ -398,6 +403,8 @@ impl Plan {
             user_args: user_args.to_vec(),
             target: Target::Ch(parsed),
             strings,
+            fw_cfg: Vec::new(),
+            choices: Vec::new(),
             budget: args.smbios_budget,
             api_source,
             api_socket_group_access: args.api_socket_group_access,
@@ -461,15 +468,20 @@ impl Plan {
                 flag: "--delivery argv",
             });
         }
-        let parsed = crate::qemu::parse_argv(user_args)?;
-        if parsed.machine.is_none() {
-            if let Some(m) = crate::qemu::args::default_machine(program) {
-                return Err(crate::qemu::ArgvError::NoSmbios {
-                    machine: format!("{m} (the default of {})", Path::new(program).display()),
-                }
-                .into());
+        let mut parsed = crate::qemu::parse_argv(user_args)?;
+        // QEMU's microvm machine has no SMBIOS tables (QEMU 7.2 accepts -smbios for it and
+        // drops it; the guest kernel logs "DMI not present"), but it has fw_cfg.
+        let no_smbios = match (&parsed.machine, crate::qemu::args::default_machine(program)) {
+            (Some(m), _) if m == "microvm" => Some(format!("-machine {m}")),
+            (None, Some(m)) => {
+                parsed.machine = Some(m.to_owned());
+                Some(format!(
+                    "{m} (the default of {})",
+                    Path::new(program).display()
+                ))
             }
-        }
+            _ => None,
+        };
         for &fd in &parsed.inherited_fds {
             if !crate::sys::fd_is_open(fd) {
                 return Err(PlanError::FdNotOpen { fd, option: "fd=" });
@@ -513,16 +525,30 @@ impl Plan {
         } else {
             None
         };
-        Self::check_limits(&strings, &crate::qemu::limits(args.smbios_budget))?;
+        let limits = crate::qemu::limits(args.smbios_budget);
+        Self::check_limits(&[], &limits)?;
+        let split = crate::fwcfg::choose(
+            strings,
+            no_smbios.as_deref(),
+            &crate::fwcfg::Support::Yes {
+                max_items: Some(crate::fwcfg::QEMU_ITEMS_MAX),
+            },
+            args.channel,
+            &limits,
+        )?;
+        Self::check_limits(&split.smbios, &limits)?;
         Ok(Plan {
             kind: HypervisorKind::Qemu,
             delivery: Delivery::Api,
             program: program.clone(),
             argv0: args.argv0.clone().unwrap_or_else(|| program.clone()),
-            credential_count: strings.iter().filter(|s| s.is_secret()).count(),
+            credential_count: split.smbios.iter().filter(|s| s.is_secret()).count()
+                + split.fw_cfg.iter().filter(|i| !i.public).count(),
             user_args: user_args.to_vec(),
             target: Target::Qemu(parsed),
-            strings,
+            strings: split.smbios,
+            fw_cfg: split.fw_cfg,
+            choices: split.choices,
             budget: args.smbios_budget,
             api_source: ApiSource::Default,
             api_socket_group_access: args.api_socket_group_access,
@@ -648,6 +674,16 @@ impl Plan {
         }) {
             *s = OemString::public(&notify_socket_string(port), Origin::Credbridge);
         }
+        if let Some(item) = self
+            .fw_cfg
+            .iter_mut()
+            .find(|i| i.public && i.guest_name == "vmm.notify_socket")
+        {
+            *item = crate::fwcfg::FwCfgItem::public(
+                "vmm.notify_socket",
+                &format!("vsock-stream:2:{port}"),
+            );
+        }
     }
 
     /// The hypervisor as messages name it.
@@ -744,6 +780,12 @@ impl Plan {
             .iter()
             .filter(|o| o.is_confidential())
             .flat_map(crate::scrub::needles_of)
+            .chain(
+                self.fw_cfg
+                    .iter()
+                    .filter(|i| !i.public)
+                    .flat_map(crate::fwcfg::FwCfgItem::needles),
+            )
             .collect();
         crate::scrub::scrub(text, &needles)
     }
@@ -751,6 +793,7 @@ impl Plan {
     /// Drops the secrets once they have been handed over.
     pub fn forget_secrets(&mut self) {
         self.strings.retain(|s| !s.is_confidential());
+        self.fw_cfg.retain(|i| i.public);
     }
 }
 
@@ -1222,9 +1265,32 @@ mod tests {
     }
 
     #[test]
-    fn the_microvm_build_of_qemu_needs_an_smbios_machine() {
+    fn microvm_machines_get_credentials_over_fw_cfg() {
+        // #15: both the microvm build's default machine and -M microvm.
         let micro = "/usr/bin/qemu-system-x86_64-microvm";
-        let e = qemu_plan_of(micro, &[], &[], &[])
+        let creds: &[(&str, &[u8])] = &[("k", b"secret"), ("bin", b"\0\x01")];
+        for (program, argv) in [
+            (micro, &[][..]),
+            ("qemu-system-x86_64", &["-M", "microvm"][..]),
+        ] {
+            let p = qemu_plan_of(program, &[], argv, creds).unwrap();
+            assert!(p.strings.is_empty(), "{program}");
+            let names: Vec<String> = p.fw_cfg.iter().map(|i| i.name()).collect();
+            assert_eq!(
+                names,
+                [
+                    "opt/io.systemd.credentials/bin",
+                    "opt/io.systemd.credentials/k"
+                ]
+            );
+            assert_eq!(p.fw_cfg[0].expose(), b"\0\x01", "raw bytes, not base64");
+            // A fw_cfg value is scrubbed from the hypervisor's text like an OEM string's.
+            let t = p.scrub("said: secret, c2VjcmV0");
+            assert!(!t.contains("secret") && !t.contains("c2VjcmV0"), "{t}");
+            assert_eq!(p.credential_count, 2);
+        }
+        // What only SMBIOS carries is refused there, naming the machine.
+        let e = qemu_plan_of(micro, &["--oem-string", "a=b"], &[], creds)
             .err()
             .unwrap()
             .to_string();
@@ -1234,6 +1300,22 @@ mod tests {
                 && e.contains("-machine q35"),
             "{e}"
         );
-        assert!(qemu_plan_of(micro, &[], &["-machine", "q35"], &[]).is_ok());
+        assert!(
+            qemu_plan_of(micro, &[], &["-machine", "q35"], creds)
+                .unwrap()
+                .fw_cfg
+                .is_empty()
+        );
+        // --ready guest on microvm: credbridge's notify string goes over fw_cfg too, and the
+        // port the kernel picks reaches it.
+        let mut p =
+            qemu_plan_of(micro, &["--ready", "guest", "--vsock-cid", "5"], &[], creds).unwrap();
+        let notify = p.fw_cfg.iter().find(|i| i.public).unwrap();
+        assert_eq!(notify.expose(), b"vsock-stream:2:4294967294");
+        p.set_notify_port(77);
+        let notify = p.fw_cfg.iter().find(|i| i.public).unwrap();
+        assert_eq!(notify.expose(), b"vsock-stream:2:77");
+        p.forget_secrets();
+        assert_eq!(p.fw_cfg.len(), 1, "only the public notify item is kept");
     }
 }

@@ -25,6 +25,18 @@ fn shown(plan: &Plan, s: &OemString) -> String {
     }
 }
 
+fn shown_fw_cfg(plan: &Plan, item: &crate::fwcfg::FwCfgItem) -> String {
+    let pending = matches!(
+        plan.guest_notify,
+        Some(GuestNotifyPlan::Vhost { port: None, .. })
+    );
+    if pending && item.public && item.guest_name == "vmm.notify_socket" {
+        "vsock-stream:2:<port the kernel picks at start>".to_owned()
+    } else {
+        item.redacted()
+    }
+}
+
 pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     let fds = FdNames {
         api: "<api>".into(),
@@ -38,7 +50,7 @@ pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     )?;
     let delivery = match (&plan.target, plan.delivery) {
         (Target::Qemu(_), _) => {
-            "memfd (-smbios type=11,path=/dev/fd/N of sealed memfds; nothing secret in argv)"
+            "memfd (-smbios type=11,path=/dev/fd/N and -fw_cfg name=..,file=/dev/fd/N of sealed memfds; nothing secret in argv)"
         }
         (_, Delivery::Api) => {
             "api (PUT vm.create on the private API socket; nothing secret in argv)"
@@ -85,6 +97,32 @@ pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
             shown(plan, s)
         )?;
     }
+    if !plan.choices.is_empty() {
+        writeln!(
+            out,
+            "channels (--channel; systemd imports at most {} bytes per credential and in all):",
+            crate::fwcfg::SYSTEMD_TOTAL_MAX
+        )?;
+        for c in &plan.choices {
+            writeln!(
+                out,
+                "  {:<28}  {:<6}  {}",
+                c.guest_name, c.channel, c.reason
+            )?;
+        }
+    }
+    if !plan.fw_cfg.is_empty() {
+        writeln!(out, "fw_cfg files:")?;
+        for item in &plan.fw_cfg {
+            writeln!(
+                out,
+                "  {:<55}  {:>7}  {}",
+                item.name(),
+                item.len(),
+                shown_fw_cfg(plan, item)
+            )?;
+        }
+    }
     let args = match &plan.target {
         Target::Ch(ch) => plan
             .redacted_child_args(ch, &fds)
@@ -96,7 +134,23 @@ pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
             let vsock = plan
                 .add_vhost_vsock
                 .map(|cid| (cid, "<vhost-vsock>".to_owned()));
-            let args = crate::qemu::child_args(&plan.user_args, vsock, &memfds, "<qmp>".to_owned());
+            let fw_cfg: Vec<(String, String)> = plan
+                .fw_cfg
+                .iter()
+                .enumerate()
+                .map(|(i, item)| (item.name(), format!("<fw_cfg-{}>", i + 1)))
+                .collect();
+            let Target::Qemu(q) = &plan.target else {
+                unreachable!()
+            };
+            let args = crate::qemu::child_args(
+                &plan.user_args,
+                vsock,
+                q.machine.as_deref(),
+                &memfds,
+                &fw_cfg,
+                "<qmp>".to_owned(),
+            );
             plan.redact_args(&args)
         }
     };

@@ -41,7 +41,7 @@ fn start(user_args: &[&str], strings: &[OemString]) -> Started {
     require_qemu();
     let user_args = os(user_args);
     let parsed = qemu::parse_argv(&user_args).unwrap();
-    let launch = qemu::launch(&user_args, &parsed, strings, None).unwrap();
+    let launch = qemu::launch(&user_args, &parsed, strings, &[], None).unwrap();
     let mut cmd = tokio::process::Command::new(QEMU);
     cmd.args(&launch.args)
         .stdin(Stdio::null())

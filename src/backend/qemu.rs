@@ -48,7 +48,7 @@ impl QemuBackend {
             Some(cid) => Some((cid, crate::vsock::reserve_cid(cid)?)),
             None => None,
         };
-        let launch = crate::qemu::launch(&plan.user_args, argv, &plan.strings, vhost)
+        let launch = crate::qemu::launch(&plan.user_args, argv, &plan.strings, &plan.fw_cfg, vhost)
             .map_err(SuperviseError::Pipe)?;
         tracing::debug!(
             "hypervisor argv: {}",

@@ -9,13 +9,14 @@
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use crate::credentials::SecretBytes;
 
+use crate::fwcfg::FwCfgItem;
 use crate::oem::{OemString, Origin};
 
 /// Id of the chardev credbridge's QMP monitor runs on.
@@ -93,10 +94,6 @@ pub enum ArgvError {
         "-daemonize: QEMU would fork into the background and its first process exit at once, leaving nothing to supervise\nhint: remove -daemonize; systemd keeps credbridge in the background"
     )]
     Daemonize,
-    #[error(
-        "-machine {machine}: QEMU's microvm machine has no SMBIOS tables (QEMU 7.2 accepts -smbios for it and drops it; the guest kernel logs \"DMI not present\"), so the guest would get no credential\nhint: use -machine q35 or pc (microvm.nix picks q35 when the VM has shares)"
-    )]
-    NoSmbios { machine: String },
     #[error(
         "the argv already has a chardev with id {QMP_CHARDEV_ID:?}, which credbridge uses for its own QMP monitor\nhint: rename that chardev"
     )]
@@ -549,11 +546,6 @@ pub fn parse_argv(args: &[OsString]) -> Result<QemuArgv, ArgvError> {
         }
         collect_fds(&name, arg, &mut out);
     }
-    if let Some(m) = &out.machine {
-        if m == "microvm" {
-            return Err(ArgvError::NoSmbios { machine: m.clone() });
-        }
-    }
     out.inherited_fds.sort_unstable();
     out.inherited_fds.dedup();
     Ok(out)
@@ -567,18 +559,33 @@ pub fn parse_argv(args: &[OsString]) -> Result<QemuArgv, ArgvError> {
 pub fn child_args<F: std::fmt::Display>(
     user_args: &[OsString],
     vsock: Option<(u32, F)>,
+    machine: Option<&str>,
     smbios_fds: &[F],
+    fw_cfg: &[(String, F)],
     qmp_fd: F,
 ) -> Vec<OsString> {
     let mut args = user_args.to_vec();
     if let Some((cid, fd)) = vsock {
-        // PCI: parse_argv refuses the microvm machine (no SMBIOS), and pc and q35 have PCI.
+        // The microvm machine has no PCI bus unless pcie=on; its devices sit on virtio-mmio.
+        let driver = if machine == Some("microvm") {
+            "vhost-vsock-device"
+        } else {
+            "vhost-vsock-pci"
+        };
         args.push("-device".into());
-        args.push(format!("vhost-vsock-pci,guest-cid={cid},vhostfd={fd}").into());
+        args.push(format!("{driver},guest-cid={cid},vhostfd={fd}").into());
     }
     for fd in smbios_fds {
         args.push("-smbios".into());
         args.push(format!("type=11,path=/dev/fd/{fd}").into());
+    }
+    // QEMU 7.2 reads a -fw_cfg file= whole at start (g_file_get_contents), like -smbios path=.
+    for (name, fd) in fw_cfg {
+        let mut a = b"name=".to_vec();
+        a.extend(escape_value(name.as_bytes()));
+        a.extend(format!(",file=/dev/fd/{fd}").as_bytes());
+        args.push("-fw_cfg".into());
+        args.push(OsString::from_vec(a));
     }
     // A connected socketpair end works as a client-mode socket chardev (QEMU 7.2: `fd=` of
     // an already connected stream socket; checked with qmp_capabilities, query-status and
@@ -620,6 +627,7 @@ pub fn launch(
     user_args: &[OsString],
     parsed: &QemuArgv,
     strings: &[OemString],
+    fw_cfg: &[FwCfgItem],
     vhost: Option<(u32, OwnedFd)>,
 ) -> io::Result<Launch> {
     let mut memfds = Vec::new();
@@ -629,12 +637,31 @@ pub fn launch(
             s.expose(),
         )?);
     }
+    let smbios_count = memfds.len();
+    for (i, item) in fw_cfg.iter().enumerate() {
+        memfds.push(crate::sys::sealed_memfd(
+            &format!("credbridge-fwcfg-{i}"),
+            item.expose(),
+        )?);
+    }
     let (ours, theirs) = UnixStream::pair()?;
     let qmp_child = OwnedFd::from(theirs);
-    let smbios_fds: Vec<RawFd> = memfds.iter().map(AsRawFd::as_raw_fd).collect();
+    let fds: Vec<RawFd> = memfds.iter().map(AsRawFd::as_raw_fd).collect();
+    let fw_cfg_fds: Vec<(String, RawFd)> = fw_cfg
+        .iter()
+        .zip(&fds[smbios_count..])
+        .map(|(item, fd)| (item.name(), *fd))
+        .collect();
     let vsock = vhost.as_ref().map(|(cid, fd)| (*cid, fd.as_raw_fd()));
-    let args = child_args(user_args, vsock, &smbios_fds, qmp_child.as_raw_fd());
-    let mut keep = smbios_fds;
+    let args = child_args(
+        user_args,
+        vsock,
+        parsed.machine.as_deref(),
+        &fds[..smbios_count],
+        &fw_cfg_fds,
+        qmp_child.as_raw_fd(),
+    );
+    let mut keep = fds;
     keep.push(qmp_child.as_raw_fd());
     keep.extend(vsock.map(|(_, fd)| fd));
     keep.extend(&parsed.inherited_fds);
@@ -903,13 +930,13 @@ mod tests {
         assert!(!p.acpi_off);
         assert!(parse_argv(&os(&["-no-acpi"])).unwrap().acpi_off);
         assert!(parse_argv(&os(&["-M", "q35,acpi=off"])).unwrap().acpi_off);
-        // microvm.nix's default QEMU machine line.
-        let e = parse_argv(&os(&[
+        // microvm.nix's default QEMU machine line (#15: the plan chooses fw_cfg for it).
+        let p = parse_argv(&os(&[
             "-M",
             "microvm,x-option-roms=off,isa-serial=off,pit=off,pic=off,rtc=off",
         ]))
-        .unwrap_err();
-        assert!(matches!(e, ArgvError::NoSmbios { .. }), "{e}");
+        .unwrap();
+        assert_eq!(p.machine.as_deref(), Some("microvm"));
     }
 
     #[test]
@@ -924,10 +951,10 @@ mod tests {
             "-mon",
             "chardev=credbridge-qmp,mode=control",
         ];
-        let a = child_args(&os(&["-m", "1G"]), None, &[5, 6], 7);
+        let a = child_args(&os(&["-m", "1G"]), None, None, &[5, 6], &[], 7);
         assert_eq!(a, os(&[&["-m", "1G"][..], &tail].concat()));
         // credbridge's vhost-vsock device comes right after the user's argv.
-        let a = child_args(&os(&["-m", "1G"]), Some((42, 4)), &[5, 6], 7);
+        let a = child_args(&os(&["-m", "1G"]), Some((42, 4)), None, &[5, 6], &[], 7);
         let device = [
             "-m",
             "1G",
@@ -935,6 +962,30 @@ mod tests {
             "vhost-vsock-pci,guest-cid=42,vhostfd=4",
         ];
         assert_eq!(a, os(&[&device[..], &tail].concat()));
+        // On the microvm machine (no PCI bus) it is the virtio-mmio one.
+        let a = child_args(&[], Some((42, 4)), Some("microvm"), &[], &[], 7);
+        assert_eq!(a[1], "vhost-vsock-device,guest-cid=42,vhostfd=4");
+    }
+
+    #[test]
+    fn fw_cfg_files_follow_the_smbios_strings_with_commas_escaped() {
+        let fw = [
+            ("opt/io.systemd.credentials/a".to_owned(), 8),
+            ("opt/io.systemd.credentials/b,c".to_owned(), 9),
+        ];
+        let a = child_args(&[], None, Some("microvm"), &[5], &fw, 7);
+        let text: Vec<String> = a.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            text[..6],
+            [
+                "-smbios",
+                "type=11,path=/dev/fd/5",
+                "-fw_cfg",
+                "name=opt/io.systemd.credentials/a,file=/dev/fd/8",
+                "-fw_cfg",
+                "name=opt/io.systemd.credentials/b,,c,file=/dev/fd/9",
+            ]
+        );
     }
 
     #[test]
@@ -953,6 +1004,7 @@ mod tests {
             &os(&["-smbios", "type=11,value=io.systemd.credential:argv=1"]),
             &parsed,
             &strings,
+            &[],
             None,
         )
         .unwrap();
