@@ -13,6 +13,7 @@ use std::fmt;
 use zeroize::Zeroizing;
 
 use crate::cli::Channel;
+use crate::credentials::SecretBytes;
 use crate::oem::{self, Limits, OemError, OemString, Origin};
 
 /// Every fw_cfg credential's file name starts with this (27 bytes).
@@ -34,7 +35,7 @@ pub const QEMU_ITEMS_MAX: usize = 16;
 /// One credential as a fw_cfg file.
 pub struct FwCfgItem {
     pub guest_name: String,
-    bytes: Zeroizing<Vec<u8>>,
+    bytes: SecretBytes,
     /// How errors and `render` name it (never its value).
     pub subject: String,
     /// credbridge's own `vmm.notify_socket` (not secret; shown whole).
@@ -54,7 +55,7 @@ impl FwCfgItem {
     pub fn public(guest_name: &str, value: &str) -> Self {
         FwCfgItem {
             guest_name: guest_name.to_owned(),
-            bytes: Zeroizing::new(value.as_bytes().to_vec()),
+            bytes: SecretBytes::from_slice(value.as_bytes()),
             subject: format!("credbridge's credential {guest_name:?}"),
             public: true,
         }
@@ -86,7 +87,7 @@ impl FwCfgItem {
             return out;
         }
         let bare = |b: Zeroizing<Vec<u8>>| crate::scrub::Needle::new(b, "<redacted>".into());
-        out.push(bare(self.bytes.clone()));
+        out.push(bare(Zeroizing::new(self.bytes.to_vec())));
         let len = base64::encoded_len(self.len(), false).unwrap_or(0);
         let mut enc = Zeroizing::new(vec![0u8; len]);
         let nopad = base64::engine::general_purpose::STANDARD_NO_PAD;
@@ -373,6 +374,7 @@ pub fn systemd_limits(split: &Split) -> Result<(), ChannelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credentials::SecretBytes;
     use crate::credentials::{Credential, Secret};
 
     fn cred(name: &str, len: usize) -> OemString {
@@ -381,7 +383,7 @@ mod tests {
             &Credential {
                 name: name.into(),
                 guest_name: name.into(),
-                value: Secret::new(Zeroizing::new(value)),
+                value: Secret::new(SecretBytes::from_slice(&value)),
             },
             true,
         )
@@ -501,7 +503,7 @@ mod tests {
             &Credential {
                 name: "bin".into(),
                 guest_name: "bin".into(),
-                value: Secret::new(Zeroizing::new((0..=255u8).collect())),
+                value: Secret::new(SecretBytes::from_slice(&(0..=255u8).collect::<Vec<_>>())),
             },
             true,
         );

@@ -151,7 +151,7 @@ impl OemString {
     /// The bytes the guest's systemd will import for this credential string: the value after
     /// `NAME=`, base64-decoded for the binary form. `None` for a string that is no credential
     /// or whose base64 does not decode (systemd skips such a string too).
-    pub fn credential_value(&self) -> Option<Zeroizing<Vec<u8>>> {
+    pub fn credential_value(&self) -> Option<SecretBytes> {
         let binary = self.bytes.starts_with(BINARY_PREFIX.as_bytes());
         let rest = self
             .bytes
@@ -159,10 +159,10 @@ impl OemString {
             .or_else(|| self.bytes.strip_prefix(PLAIN_PREFIX.as_bytes()))?;
         let value = &rest[rest.iter().position(|&b| b == b'=')? + 1..];
         if !binary {
-            return Some(Zeroizing::new(value.to_vec()));
+            return Some(SecretBytes::from_slice(value));
         }
         // Sized once: no reallocation may leave an unzeroed copy of the secret behind.
-        let mut out = Zeroizing::new(vec![0u8; value.len() / 4 * 3 + 3]);
+        let mut out = SecretBytes::zeroed(value.len() / 4 * 3 + 3);
         let n = base64::engine::general_purpose::STANDARD
             .decode_slice(value, &mut out[..])
             .ok()?;

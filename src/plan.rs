@@ -313,7 +313,24 @@ impl Plan {
             strings_ceiling: ceiling,
             hypervisor: "cloud-hypervisor",
         };
-        Self::check_limits(&strings, &limits)?;
+        Self::check_limits(&[], &limits)?;
+        // Whether this build has fw_cfg is known only from vmm.ping once it runs: the choice
+        // assumes it, and the backend refuses to send any fw_cfg item to a build without it.
+        let support = match delivery {
+            Delivery::Api => crate::fwcfg::Support::Yes { max_items: None },
+            Delivery::Argv => crate::fwcfg::Support::No(
+                "credbridge sends fw_cfg items to cloud-hypervisor only through its API \
+                 (--delivery api)"
+                    .into(),
+            ),
+        };
+        let split = crate::fwcfg::choose(strings, None, &support, args.channel, &limits)?;
+        Self::check_limits(&split.smbios, &limits)?;
+        let crate::fwcfg::Split {
+            smbios: strings,
+            fw_cfg,
+            choices,
+        } = split;
 
         if delivery == Delivery::Argv {
             for s in strings.iter().filter(|s| s.origin == Origin::Flag) {
@@ -398,13 +415,14 @@ impl Plan {
             delivery,
             program: program.clone(),
             argv0: args.argv0.clone().unwrap_or_else(|| program.clone()),
-            credential_count: strings.iter().filter(|s| s.is_secret()).count(),
             own_event_monitor: parsed.event_monitor.is_none(),
             user_args: user_args.to_vec(),
             target: Target::Ch(parsed),
+            credential_count: strings.iter().filter(|s| s.is_secret()).count()
+                + fw_cfg.iter().filter(|i| !i.public).count(),
             strings,
-            fw_cfg: Vec::new(),
-            choices: Vec::new(),
+            fw_cfg,
+            choices,
             budget: args.smbios_budget,
             api_source,
             api_socket_group_access: args.api_socket_group_access,
@@ -883,8 +901,11 @@ impl CreatePlan {
     }
 
     /// Fills `platform.oem_strings` with placeholders; `fill` replaces each by its string.
-    fn skeleton(&self, count: usize) -> (String, Vec<String>) {
+    fn skeleton(&self, count: usize, fw_cfg: &[(String, String)]) -> (String, Vec<String>) {
         let mut config = self.config.clone();
+        if !fw_cfg.is_empty() {
+            config["payload"]["fw_cfg_config"] = fw_cfg_config(&config["payload"], fw_cfg);
+        }
         let marks: Vec<String> = (0..count)
             .map(|i| format!("\u{0}credbridge-oem-{i}\u{0}"))
             .collect();
@@ -912,8 +933,8 @@ impl CreatePlan {
     /// The secrets never pass through a `serde_json::Value` (whose strings are freed without
     /// zeroing): the config is serialized with placeholders, and each string is escaped into
     /// the final buffer in place of its placeholder.
-    pub fn body(&self, strings: &[OemString]) -> SecretBytes {
-        let (text, marks) = self.skeleton(strings.len());
+    pub fn body(&self, strings: &[OemString], fw_cfg: &[(String, String)]) -> SecretBytes {
+        let (text, marks) = self.skeleton(strings.len(), fw_cfg);
         // JSON escaping at most sextuples a byte (\u00XX) plus the two quotes.
         let cap = text.len() + strings.iter().map(|s| s.len() * 6 + 2).sum::<usize>();
         let mut out = SecretBytes::with_capacity(cap);
@@ -931,8 +952,8 @@ impl CreatePlan {
     }
 
     /// The vm.create body as `render` shows it: every credential redacted.
-    pub fn redacted_json(&self, strings: &[OemString]) -> String {
-        let (text, marks) = self.skeleton(strings.len());
+    pub fn redacted_json(&self, strings: &[OemString], fw_cfg: &[(String, String)]) -> String {
+        let (text, marks) = self.skeleton(strings.len(), fw_cfg);
         let mut out = text;
         for (mark, s) in marks.iter().zip(strings) {
             let shown = serde_json::to_string(&s.redacted()).expect("string");
@@ -963,6 +984,27 @@ fn replace_exact(hay: &str, from: &str, to: &str) -> Zeroizing<String> {
     out.push_str(&hay[last..]);
     debug_assert_eq!(out.len(), out.capacity());
     out
+}
+
+/// `payload.fw_cfg_config` for (fw_cfg name, file path) items (cloud-hypervisor.md section 7):
+/// `items` is an object holding `item_list`, and each of the toggles `kernel`, `cmdline` and
+/// `initramfs` (default true) makes vm.boot fail unless the payload has that part, so the
+/// absent ones are set false. The files hold the values; no secret is in this JSON.
+fn fw_cfg_config(payload: &Value, items: &[(String, String)]) -> Value {
+    let mut cfg = serde_json::json!({
+        "items": {
+            "item_list": items
+                .iter()
+                .map(|(name, file)| serde_json::json!({"name": name, "file": file}))
+                .collect::<Vec<_>>(),
+        },
+    });
+    for part in ["kernel", "cmdline", "initramfs"] {
+        if payload.get(part).is_none_or(Value::is_null) {
+            cfg[part] = Value::Bool(false);
+        }
+    }
+    cfg
 }
 
 /// JSON string escaping into a buffer that must not reallocate. OEM strings are UTF-8 here:
@@ -1060,7 +1102,7 @@ mod tests {
             ),
             OemString::public("x,\"[]\n\ty", Origin::Flag),
         ];
-        let body = plan.body(&strings);
+        let body = plan.body(&strings, &[]);
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["net"], serde_json::json!([{"tap": "t0"}]));
         assert_eq!(

@@ -158,7 +158,19 @@ pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "  {} {}", plan.argv0.to_string_lossy(), args.join(" "))?;
     if let Some(create) = &plan.create {
         writeln!(out, "PUT /api/v1/vm.create:")?;
-        for line in create.redacted_json(&plan.strings).lines() {
+        let fw_cfg: Vec<(String, String)> = plan
+            .fw_cfg
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (item.name(), format!("/proc/self/fd/<fw_cfg-{}>", i + 1)))
+            .collect();
+        if !fw_cfg.is_empty() {
+            writeln!(
+                out,
+                "GET /api/v1/vmm.ping: the build's features must include fw_cfg, else nothing is sent"
+            )?;
+        }
+        for line in create.redacted_json(&plan.strings, &fw_cfg).lines() {
             writeln!(out, "  {line}")?;
         }
         for (net, fds) in &create.add_nets {

@@ -152,6 +152,17 @@ fn smbios_budget_at_below_and_above() {
                 "{stdout}"
             );
         } else {
+            // #15: by default the credential goes over fw_cfg instead, saying why.
+            assert_eq!(out.status.code(), Some(0), "{size}: {stderr}");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                stdout.contains(
+                    "fw_cfg  it would make the type 11 entry 4097 bytes, over the budget of 4096"
+                ),
+                "{stdout}"
+            );
+            let out = run_to_end(&rig, "render", &["--channel", "smbios"], &strs(&args));
+            let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(125), "{size}");
             for needle in [
                 "credential \"k\"",
@@ -188,8 +199,23 @@ fn too_many_strings_is_refused_and_255_pass() {
             std::fs::write(rig.creds.join(format!("c{i:03}")), b"v").unwrap();
         }
         let args = vm(&rig);
-        let out = run_to_end(&rig, "render", &["--smbios-budget", "65404"], &strs(&args));
+        let out = run_to_end(
+            &rig,
+            "render",
+            &["--smbios-budget", "65404", "--channel", "smbios"],
+            &strs(&args),
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
+        if !ok {
+            // #15: by default the 256th goes over fw_cfg instead.
+            let out = run_to_end(&rig, "render", &["--smbios-budget", "65404"], &strs(&args));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(out.status.code(), Some(0), "{stdout}");
+            assert!(
+                stdout.contains("c254                          fw_cfg  the type 11 entry holds at most 255 strings"),
+                "{stdout}"
+            );
+        }
         if ok {
             assert_eq!(out.status.code(), Some(0), "{count}: {stderr}");
         } else {

@@ -202,9 +202,19 @@ fn qemu_render_shows_memfds_and_refuses_cloud_hypervisor_only_flags() {
         stdout.contains("vmm.notify_socket=vsock-stream:2:<port the kernel picks at start>"),
         "{stdout}"
     );
-    // The same budget rule: one type 11 entry, 4096 bytes for old guests.
+    // The same budget rule: one type 11 entry, 4096 bytes for old guests. #15: by default
+    // the credential that does not fit goes over fw_cfg, from a memfd like the others.
     std::fs::write(creds.join("big"), vec![b'x'; 4100]).unwrap();
     let out = run(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("-fw_cfg name=opt/io.systemd.credentials/big,file=/dev/fd/<fw_cfg-1>")
+            && stdout
+                .contains("big                           fw_cfg  it would make the type 11 entry"),
+        "{stdout}"
+    );
+    let out = run(&["--channel", "smbios"]);
     assert_eq!(out.status.code(), Some(125));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -36,11 +36,14 @@ pub struct ChBackend {
     parser: EventParser,
     buf: Vec<u8>,
     pending: VecDeque<BackendEvent>,
-    boot_fut: Option<Boxed<Result<(), ApiError>>>,
+    boot_fut: Option<Boxed<Result<(), BootError>>>,
     /// Readiness without our own event monitor: poll `vm.info`.
     info_fut: Option<Boxed<Result<bool, ApiError>>>,
     info_next: Option<Instant>,
     own_event_monitor: bool,
+    /// The fw_cfg credentials' sealed memfds (#15): cloud-hypervisor opens its inherited copies
+    /// as `/proc/self/fd/N` at vm.boot; ours close right after spawn.
+    fw_cfg_memfds: Vec<OwnedFd>,
 }
 
 fn api_socket(plan: &Plan, env: &HostEnv) -> Result<ApiSocket, ApiSocketError> {
@@ -79,7 +82,15 @@ impl ChBackend {
             api: api.fd.as_raw_fd().to_string(),
             events: events_tx.as_ref().map(|w| w.as_raw_fd().to_string()),
         };
+        let mut fw_cfg_memfds = Vec::new();
+        for (i, item) in plan.fw_cfg.iter().enumerate() {
+            fw_cfg_memfds.push(
+                crate::sys::sealed_memfd(&format!("credbridge-fwcfg-{i}"), item.expose())
+                    .map_err(SuperviseError::Pipe)?,
+            );
+        }
         let mut keep_fds: Vec<RawFd> = vec![api.fd.as_raw_fd()];
+        keep_fds.extend(fw_cfg_memfds.iter().map(OwnedFd::as_raw_fd));
         keep_fds.extend(events_tx.as_ref().map(OwnedFd::as_raw_fd));
         keep_fds.extend(plan.inherited_fds_for_child(ch));
         if let Some((_, path)) = &plan.add_vsock {
@@ -104,6 +115,7 @@ impl ChBackend {
                 info_fut: None,
                 info_next: None,
                 own_event_monitor: plan.own_event_monitor,
+                fw_cfg_memfds,
             },
             Spawn { args, keep_fds },
         ))
@@ -111,9 +123,24 @@ impl ChBackend {
 
     pub fn spawned(&mut self, plan: &Plan) {
         self.events_tx = None;
+        // A path, never a pipe: cloud-hypervisor sizes a file= item by its metadata and reads
+        // it with pread, so a pipe would boot a guest with an empty credential.
+        let fw_cfg: Vec<(String, String)> = plan
+            .fw_cfg
+            .iter()
+            .zip(&self.fw_cfg_memfds)
+            .map(|(item, fd)| (item.name(), format!("/proc/self/fd/{}", fd.as_raw_fd())))
+            .collect();
+        self.fw_cfg_memfds.clear();
+        // What to say if the build turns out to lack fw_cfg: the first credential that needs it.
+        let needs_fw_cfg = plan
+            .fw_cfg
+            .first()
+            .zip(plan.choices.iter().find(|c| c.channel == "fw_cfg"))
+            .map(|(item, c)| format!("{} goes over fw_cfg ({})", item.subject, c.reason));
         match &plan.create {
             Some(create) => {
-                let body = create.body(&plan.strings);
+                let body = create.body(&plan.strings, &fw_cfg);
                 let nets: Vec<_> = create
                     .add_nets
                     .iter()
@@ -126,6 +153,7 @@ impl ChBackend {
                     .collect();
                 self.boot_fut = Some(Box::pin(boot_sequence(
                     self.client.with_timeout(BOOT_REQUEST_TIMEOUT),
+                    needs_fw_cfg,
                     body,
                     nets,
                     devices,
@@ -174,10 +202,16 @@ impl ChBackend {
                                 self.pending.push_back(BackendEvent::Booted);
                             }
                         }
-                        Err(e) => self.pending.push_back(BackendEvent::BootFailed {
+                        Err(BootError::Api(e)) => self.pending.push_back(BackendEvent::BootFailed {
                             maybe_exiting: !matches!(e, ApiError::Status { .. }),
                             msg: format!("could not boot the VM: {e}"),
                         }),
+                        Err(e @ BootError::NoFwCfg { .. }) => {
+                            self.pending.push_back(BackendEvent::BootFailed {
+                                maybe_exiting: false,
+                                msg: e.to_string(),
+                            })
+                        }
                     }
                     // After the failure: its text may quote the values, and the supervisor
                     // can scrub them only while it still has them (#11).
@@ -251,12 +285,46 @@ fn json_body(v: &serde_json::Value) -> SecretBytes {
     SecretBytes::from_slice(&serde_json::to_vec(v).expect("a Value always serializes"))
 }
 
+#[derive(Debug, thiserror::Error)]
+enum BootError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(
+        "{needs}, but this cloud-hypervisor build lacks the fw_cfg feature (vmm.ping features: {features:?}); such a build silently drops fw_cfg items, so the VM was not created\nhint: use a cloud-hypervisor built with --features fw_cfg, or make the credentials fit SMBIOS (fewer or smaller ones, or --smbios-budget if every guest runs systemd >= 257)"
+    )]
+    NoFwCfg {
+        needs: String,
+        features: Vec<String>,
+    },
+}
+
+/// `vmm.ping`'s `features`: the only way to learn, before vm.create, whether this build has
+/// fw_cfg (cloud-hypervisor.md section 7).
+async fn features(client: &ApiClient) -> Result<Vec<String>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Ping {
+        #[serde(default)]
+        features: Vec<String>,
+    }
+    let resp = client.request(Method::GET, "vmm.ping", None, &[]).await?;
+    Ok(serde_json::from_slice::<Ping>(&resp.body)
+        .map(|p| p.features)
+        .unwrap_or_default())
+}
+
 async fn boot_sequence(
     client: ApiClient,
+    needs_fw_cfg: Option<String>,
     create: SecretBytes,
     nets: Vec<(SecretBytes, Vec<RawFd>)>,
     devices: Vec<(SecretBytes, RawFd)>,
-) -> Result<(), ApiError> {
+) -> Result<(), BootError> {
+    if let Some(needs) = needs_fw_cfg {
+        let features = features(&client).await?;
+        if !features.iter().any(|f| f == "fw_cfg") {
+            return Err(BootError::NoFwCfg { needs, features });
+        }
+    }
     client.put("vm.create", Some(create)).await?;
     // vm.create drops fds from the JSON (cloud-hypervisor.md section 3); added before boot,
     // the devices are part of the VM from its first instruction.
@@ -270,7 +338,7 @@ async fn boot_sequence(
             .request(Method::PUT, "vm.add-device", Some(dev), &[fd])
             .await?;
     }
-    client.put("vm.boot", None).await
+    Ok(client.put("vm.boot", None).await?)
 }
 
 /// `vm.info`'s state, for argvs that keep their own event monitor. Only `state` is

@@ -25,6 +25,8 @@ pub struct Knobs {
     pub guest_notify_gap_ms: u64,
     pub guest_notify_close_timeout_ms: u64,
     pub guest_notify_half_close: bool,
+    /// `FAKE_CH_FW_CFG=1`: behave as a build with the `fw_cfg` cargo feature.
+    pub fw_cfg_build: bool,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -95,6 +97,7 @@ impl Knobs {
             guest_notify_close_timeout_ms: num("FAKE_CH_GUEST_NOTIFY_CLOSE_TIMEOUT_MS")
                 .unwrap_or(2000),
             guest_notify_half_close: on("FAKE_CH_GUEST_NOTIFY_HALF_CLOSE"),
+            fw_cfg_build: on("FAKE_CH_FW_CFG"),
         }
     }
 

@@ -45,6 +45,10 @@
 //! - `FAKE_CH_GUEST_NOTIFY_HALF_CLOSE=1`: shut down the write side after each message, as the
 //!   host sees systemd >= 256 through cloud-hypervisor >= 53 (without it: <= 52, which never
 //!   passes the guest's half-close on).
+//! - `FAKE_CH_FW_CFG=1`: be a build with the non-default `fw_cfg` feature (reference section 7):
+//!   `vmm.ping` lists `fw_cfg`, and `payload.fw_cfg_config` is kept, checked and loaded at
+//!   `vm.boot` (recorded in `fw_cfg.json`). Without it, as a stock build, `vmm.ping` lists
+//!   `["io_uring","kvm"]` and vm.create silently drops `fw_cfg_config`.
 
 fn main() {
     fake_cloud_hypervisor::run()

@@ -127,9 +127,77 @@ pub fn create(vmm: &mut Vmm, config: Value) -> Result<(), ApiFailure> {
             log_line("INFO", "vmm/src/lib.rs", &format!("VM config: {config}"))
         );
     }
+    let mut config = config;
+    if !shared().knobs.fw_cfg_build {
+        // No config struct denies unknown fields: a stock build drops fw_cfg_config silently.
+        if let Some(p) = config.get_mut("payload").and_then(Value::as_object_mut) {
+            p.remove("fw_cfg_config");
+        }
+    } else if let Some(items) = config.pointer("/payload/fw_cfg_config/items")
+        && !items.get("item_list").is_some_and(Value::is_array)
+    {
+        // `items` is a struct holding `item_list`; a bare list does not deserialize.
+        return Err(plain(
+            400,
+            "Error parsing body: fw_cfg_config.items: expected a struct with item_list",
+        ));
+    }
     record::write_json("vm_config.json", &config);
     vmm.config = Some(config);
     Ok(())
+}
+
+/// fw_cfg at vm.boot, as a `fw_cfg` build does it: each of the toggles `kernel`, `cmdline`,
+/// `initramfs` (default true) needs that payload part; a `file=` is opened now, sized by its
+/// metadata and read with pread (a pipe reads as empty); names are cut to 55 bytes.
+fn load_fw_cfg(payload: &Value) -> Result<Option<Value>, ApiFailure> {
+    let Some(cfg) = payload.get("fw_cfg_config").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let booting = |msg: String| ApiFailure {
+        status: 500,
+        chain: vec!["Error from API".into(), "The VM could not boot".into(), msg],
+    };
+    for part in ["kernel", "cmdline", "initramfs"] {
+        let on = cfg.get(part).and_then(Value::as_bool).unwrap_or(true);
+        if on && payload.get(part).is_none_or(Value::is_null) {
+            return Err(booting(format!("missing --{part}")));
+        }
+    }
+    let mut loaded = Vec::new();
+    let list = cfg.pointer("/items/item_list").and_then(Value::as_array);
+    for item in list.into_iter().flatten() {
+        let mut name = item["name"]
+            .as_str()
+            .unwrap_or_default()
+            .as_bytes()
+            .to_vec();
+        name.truncate(55);
+        let content = if let Some(path) = item["file"].as_str() {
+            let read = || -> std::io::Result<Vec<u8>> {
+                use std::os::unix::fs::FileExt;
+                let f = File::open(path)?;
+                let mut buf = vec![0u8; f.metadata()?.len() as usize];
+                match f.read_exact_at(&mut buf, 0) {
+                    Err(e) if e.raw_os_error() == Some(nix::libc::ESPIPE) => Ok(Vec::new()),
+                    r => r.map(|()| buf),
+                }
+            };
+            read().map_err(|e| booting(format!("Error adding fw_cfg item: {e}")))?
+        } else {
+            item["string"]
+                .as_str()
+                .unwrap_or_default()
+                .as_bytes()
+                .to_vec()
+        };
+        loaded.push(json!({
+            "name": String::from_utf8_lossy(&name),
+            "size": content.len(),
+            "content": record::b64(&content),
+        }));
+    }
+    Ok(Some(Value::Array(loaded)))
 }
 
 /// `vm_boot`. `source` is "argv" or "api" (recorded with the OEM strings).
@@ -184,6 +252,11 @@ pub fn boot(vmm: &mut Vmm, source: &str) -> Result<(), ApiFailure> {
                 e.to_string(),
             ],
         });
+    }
+    if shared().knobs.fw_cfg_build
+        && let Some(loaded) = load_fw_cfg(payload)?
+    {
+        record::write_json("fw_cfg.json", &loaded);
     }
     vmm.vm = Some(VmState::Running);
     let oem = config["platform"]["oem_strings"].as_array().map(|a| {
@@ -390,7 +463,11 @@ pub fn handle(method: &str, route: &str, body: &Option<Vec<u8>>, fds: Vec<OwnedF
             "build_version": "fake",
             "version": "v54.0.0",
             "pid": std::process::id(),
-            "features": [],
+            "features": if shared().knobs.fw_cfg_build {
+                json!(["fw_cfg", "io_uring", "kvm"])
+            } else {
+                json!(["io_uring", "kvm"])
+            },
         })),
         "vm.info" => match &vmm.config {
             None => Answer::Error(fail(
