@@ -157,7 +157,6 @@ pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "argv:")?;
     writeln!(out, "  {} {}", plan.argv0.to_string_lossy(), args.join(" "))?;
     if let Some(create) = &plan.create {
-        writeln!(out, "PUT /api/v1/vm.create:")?;
         let fw_cfg: Vec<(String, String)> = plan
             .fw_cfg
             .iter()
@@ -170,6 +169,7 @@ pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
                 "GET /api/v1/vmm.ping: the build's features must include fw_cfg, else nothing is sent"
             )?;
         }
+        writeln!(out, "PUT /api/v1/vm.create:")?;
         for line in create.redacted_json(&plan.strings, &fw_cfg).lines() {
             writeln!(out, "  {line}")?;
         }

@@ -156,3 +156,68 @@ fn the_fake_stock_build_drops_fw_cfg_silently_and_the_fw_cfg_build_reads_files()
     );
     assert!(!rig.record_file("fw_cfg.json").exists());
 }
+
+#[test]
+fn render_shows_each_choice_and_the_ping_step() {
+    let (rig, _) = rig();
+    let args = rig.vm_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = rig.command("render", &[], &args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    rig.assert_no_secret_in("stdout", &out.stdout);
+    for needle in [
+        "big                           fw_cfg  it would make the type 11 entry",
+        "small                         SMBIOS  fits the SMBIOS budget",
+        "GET /api/v1/vmm.ping: the build's features must include fw_cfg",
+        "\"file\": \"/proc/self/fd/<fw_cfg-1>\"",
+        "\"initramfs\": false",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} in {stdout}");
+    }
+    assert!(
+        stdout.lines().any(|l| l
+            .trim_start()
+            .starts_with("opt/io.systemd.credentials/big ")
+            && l.ends_with(" 5000  <redacted 5000 bytes>")),
+        "{stdout}"
+    );
+    let ping = stdout.find("GET /api/v1/vmm.ping").unwrap();
+    assert!(
+        ping < stdout.find("PUT /api/v1/vm.create").unwrap(),
+        "{stdout}"
+    );
+    // --channel fw-cfg: both go that way; a guest name over 28 bytes cannot.
+    let out = rig
+        .command("render", &["--channel", "fw-cfg"], &args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("small                         fw_cfg  --channel fw-cfg"),
+        "{stdout}"
+    );
+    let long = "a-guest-name-of-29-bytes-long";
+    assert_eq!(long.len(), 29);
+    let out = rig
+        .command(
+            "render",
+            &[
+                "--channel",
+                "fw-cfg",
+                "--credential",
+                &format!("small={long}"),
+            ],
+            &args,
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains("(--channel fw-cfg)")
+            && stderr.contains("at most 55 bytes, so NAME at most 28")
+            && stderr.contains("--channel auto"),
+        "{stderr}"
+    );
+}
