@@ -25,6 +25,15 @@ fn shown(plan: &Plan, s: &OemString) -> String {
     }
 }
 
+/// (fw_cfg name, `{prefix}<fw_cfg-N>`) per fw_cfg credential: the memfds exist only in `run`.
+fn fw_cfg_placeholders(plan: &Plan, prefix: &str) -> Vec<(String, String)> {
+    plan.fw_cfg
+        .iter()
+        .enumerate()
+        .map(|(i, item)| (item.name(), format!("{prefix}<fw_cfg-{}>", i + 1)))
+        .collect()
+}
+
 fn shown_fw_cfg(plan: &Plan, item: &crate::fwcfg::FwCfgItem) -> String {
     let pending = matches!(
         plan.guest_notify,
@@ -127,22 +136,14 @@ pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         Target::Ch(ch) => plan
             .redacted_child_args(ch, &fds)
             .map_err(|e| io::Error::other(e.to_string()))?,
-        Target::Qemu(_) => {
+        Target::Qemu(q) => {
             // Placeholders: the memfds and the QMP socket exist only in `run`.
             let added = plan.strings.iter().filter(|s| !s.is_from_argv()).count();
             let memfds: Vec<String> = (1..=added).map(|i| format!("<oem-{i}>")).collect();
             let vsock = plan
                 .add_vhost_vsock
                 .map(|cid| (cid, "<vhost-vsock>".to_owned()));
-            let fw_cfg: Vec<(String, String)> = plan
-                .fw_cfg
-                .iter()
-                .enumerate()
-                .map(|(i, item)| (item.name(), format!("<fw_cfg-{}>", i + 1)))
-                .collect();
-            let Target::Qemu(q) = &plan.target else {
-                unreachable!()
-            };
+            let fw_cfg = fw_cfg_placeholders(plan, "");
             let args = crate::qemu::child_args(
                 &plan.user_args,
                 vsock,
@@ -157,12 +158,7 @@ pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "argv:")?;
     writeln!(out, "  {} {}", plan.argv0.to_string_lossy(), args.join(" "))?;
     if let Some(create) = &plan.create {
-        let fw_cfg: Vec<(String, String)> = plan
-            .fw_cfg
-            .iter()
-            .enumerate()
-            .map(|(i, item)| (item.name(), format!("/proc/self/fd/<fw_cfg-{}>", i + 1)))
-            .collect();
+        let fw_cfg = fw_cfg_placeholders(plan, "/proc/self/fd/");
         if !fw_cfg.is_empty() {
             writeln!(
                 out,
