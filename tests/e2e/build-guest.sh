@@ -10,7 +10,8 @@
 #   initrd.img   the whole root file system as an uncompressed initramfs cpio;
 #                /init is the distribution's systemd, so systemd is PID 1 from the
 #                first instruction of user space and there is no switch_root
-#   info         key=value facts (kernel version, systemd version, dmi_sysfs mode, ...)
+#   info         key=value facts (kernel version, systemd version, dmi_sysfs and
+#                qemu_fw_cfg modes, ...)
 #   key          hash of this script + release: a different key means rebuild
 #
 # The guest boots to e2e.target, whose one service prints a report of
@@ -66,6 +67,7 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v cpio >/dev/null || need+=(cpio)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
+PATH="$PATH:/usr/sbin:/sbin" command -v depmod >/dev/null || need+=(kmod)
 [ -s /usr/share/keyrings/debian-archive-trixie-stable.gpg ] || need+=(debian-archive-keyring)
 if [ ${#need[@]} -gt 0 ]; then
     log "installing host tools: ${need[*]}"
@@ -203,38 +205,47 @@ fi
 
 # dmi_sysfs: systemd reads /sys/firmware/dmi/entries/11-*/raw when PID 1 imports
 # credentials, long before udev runs.  Debian builds it in (CONFIG_DMI_SYSFS=y
-# in bookworm's 6.1 and trixie's 6.12): nothing to do.  Were it a module, it
-# (and what it needs) goes into the guest with a modules.dep: PID 1's
-# kmod_setup() loads "dmi-sysfs" itself before it imports credentials (the
-# entry is in kmod_table since v252; Debian's 252 binary has it).
-DMI_SYSFS="$(awk -F= '$1=="CONFIG_DMI_SYSFS"{print $2}' "$KCONFIG")"
-DMI_SYSFS="${DMI_SYSFS:-n}"
-case "$DMI_SYSFS" in
-    y) ;;
-    m)
-        dpkg-deb -x "$KDEB" "$WORK/k"
-        KMODS="$(find "$WORK/k/usr/lib/modules" "$WORK/k/lib/modules" -maxdepth 1 -name "$KVER" -print -quit 2>/dev/null)"
-        [ -n "$KMODS" ] || { echo "build-guest.sh: no modules for $KVER in $KDEB" >&2; exit 1; }
-        queue=(dmi-sysfs) got=()
-        while [ ${#queue[@]} -gt 0 ]; do
-            m="${queue[0]}"; queue=("${queue[@]:1}")
-            case " ${got[*]} " in *" $m "*) continue ;; esac
-            f="$(find "$KMODS/kernel" \( -name "$m.ko*" -o -name "${m//-/_}.ko*" \) -print -quit)"
-            [ -n "$f" ] || { echo "build-guest.sh: module $m not found" >&2; exit 1; }
-            rel="${f#"$KMODS/"}"
-            mkdir -p "$ROOT/usr/lib/modules/$KVER/$(dirname "$rel")"
-            cp "$f" "$ROOT/usr/lib/modules/$KVER/$rel"
-            got+=("$m")
-            read -ra deps < <(/sbin/modinfo -F depends "$f" | tr ',' ' ') || true
-            queue+=("${deps[@]}")
-        done
-        cp "$KMODS"/modules.order "$KMODS"/modules.builtin* "$ROOT/usr/lib/modules/$KVER/" 2>/dev/null || true
-        # usrmerge: /lib is a symlink to usr/lib in both releases
-        chroot "$ROOT" /sbin/depmod "$KVER" 2>/dev/null || /sbin/depmod -b "$ROOT/usr" "$KVER" || /sbin/depmod -b "$ROOT" "$KVER"
-        log "dmi_sysfs is a module; shipped: ${got[*]}"
-        ;;
-    *) echo "build-guest.sh: kernel $KVER has no DMI_SYSFS ($DMI_SYSFS)" >&2; exit 1 ;;
-esac
+# in bookworm's 6.1 and trixie's 6.12).
+# qemu_fw_cfg: the fw_cfg credentials (/sys/firmware/qemu_fw_cfg/by_name/...) need
+# it, and Debian builds it as a module (CONFIG_FW_CFG_SYSFS=m in both).
+# A module goes into the guest with a modules.dep: PID 1's kmod_setup() loads
+# "dmi-sysfs" and, when it detects KVM or QEMU, "qemu_fw_cfg" itself, before it
+# imports credentials (src/core/kmod-setup.c; both entries are in 252's and
+# 257's kmod_table).  Only drivers/firmware/ is unpacked, not ~400 MB of modules.
+kconfig() { local v; v="$(awk -F= -v k="$1" '$1==k{print $2}' "$KCONFIG")"; echo "${v:-n}"; }
+DMI_SYSFS="$(kconfig CONFIG_DMI_SYSFS)"
+FW_CFG_SYSFS="$(kconfig CONFIG_FW_CFG_SYSFS)"
+SHIP=()
+for pair in "dmi-sysfs:$DMI_SYSFS" "qemu_fw_cfg:$FW_CFG_SYSFS"; do
+    case "${pair#*:}" in
+        y) ;;
+        m) SHIP+=("${pair%%:*}") ;;
+        *) echo "build-guest.sh: kernel $KVER has no ${pair%%:*} (${pair#*:})" >&2; exit 1 ;;
+    esac
+done
+if [ ${#SHIP[@]} -gt 0 ]; then
+    dpkg-deb --fsys-tarfile "$KDEB" | tar -x -C "$WORK/k" --wildcards \
+        '*/kernel/drivers/firmware/*' '*/modules.order' '*/modules.builtin*'
+    KMODS="$(find "$WORK/k/usr/lib/modules" "$WORK/k/lib/modules" -maxdepth 1 -name "$KVER" -print -quit 2>/dev/null || true)"
+    [ -n "$KMODS" ] || { echo "build-guest.sh: no modules for $KVER in $KDEB" >&2; exit 1; }
+    queue=("${SHIP[@]}") got=()
+    while [ ${#queue[@]} -gt 0 ]; do
+        m="${queue[0]}"; queue=("${queue[@]:1}")
+        case " ${got[*]} " in *" $m "*) continue ;; esac
+        f="$(find "$KMODS/kernel" \( -name "$m.ko*" -o -name "${m//-/_}.ko*" \) -print -quit)"
+        [ -n "$f" ] || { echo "build-guest.sh: module $m not found under drivers/firmware" >&2; exit 1; }
+        rel="${f#"$KMODS/"}"
+        mkdir -p "$ROOT/usr/lib/modules/$KVER/$(dirname "$rel")"
+        cp "$f" "$ROOT/usr/lib/modules/$KVER/$rel"
+        got+=("$m")
+        read -ra deps < <(/sbin/modinfo -F depends "$f" | tr ',' ' ') || true
+        queue+=("${deps[@]}")
+    done
+    cp "$KMODS"/modules.order "$KMODS"/modules.builtin* "$ROOT/usr/lib/modules/$KVER/" 2>/dev/null || true
+    # usrmerge: /lib is a symlink to usr/lib in both releases
+    chroot "$ROOT" /sbin/depmod "$KVER" 2>/dev/null || /sbin/depmod -b "$ROOT/usr" "$KVER" || /sbin/depmod -b "$ROOT" "$KVER"
+    log "shipped modules: ${got[*]}"
+fi
 
 # ---------------------------------------------------------------- guest config
 log "configuring guest"
@@ -264,6 +275,12 @@ echo "UPTIME $(cut -d' ' -f1 /proc/uptime)"
 for e in /sys/firmware/dmi/entries/11-*; do
     echo "DMI11 ${e##*/} length=$(cat "$e/length") raw=$(stat -c %s "$e/raw" 2>/dev/null || echo ?) rawbytes=$(wc -c <"$e/raw")"
 done
+# Which fw_cfg credentials the firmware offered (qemu_fw_cfg loaded), names only.
+if [ -d /sys/firmware/qemu_fw_cfg ]; then
+    echo "FWCFG $(ls /sys/firmware/qemu_fw_cfg/by_name/opt/io.systemd.credentials 2>/dev/null | tr '\n' ' ')"
+else
+    echo "FWCFG absent"
+fi
 n=0
 if [ -d "$D" ]; then
     for f in "$D"/*; do
@@ -345,6 +362,7 @@ SYSTEMD_VER="$(chroot "$ROOT" dpkg-query -W -f='${Version}' systemd)"
     echo "kernel_package=$(basename "$KDEB")"
     echo "systemd=$SYSTEMD_VER"
     echo "dmi_sysfs=$DMI_SYSFS"
+    echo "fw_cfg_sysfs=$FW_CFG_SYSFS"
     echo "kernel_boot=$KERNEL_BOOT"
     echo "initrd_bytes=$(stat -c %s "$WORK/initrd.img")"
     echo "mirror=$MIRROR"
