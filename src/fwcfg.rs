@@ -159,7 +159,7 @@ pub enum ChannelError {
         smbios_hint: &'static str,
     },
     #[error(
-        "{subject} would be fw_cfg file number {count}; QEMU has 32 fw_cfg file slots, its own files take up to 14 of them, and it aborts when they run out, so credbridge passes at most {max}\nhint: pass fewer credentials with --credential NAME, or let small ones go over SMBIOS (--channel auto on a machine with SMBIOS)"
+        "{subject} would be fw_cfg file number {count}; QEMU has 32 fw_cfg file slots, its own files take up to 14 of them, and it aborts when they run out, so credbridge adds at most {max} ({QEMU_ITEMS_MAX} less the argv's own -fw_cfg files)\nhint: pass fewer credentials with --credential NAME, or let small ones go over SMBIOS (--channel auto on a machine with SMBIOS)"
     )]
     TooManyItems {
         subject: String,

@@ -545,11 +545,30 @@ impl Plan {
         };
         let limits = crate::qemu::limits(args.smbios_budget);
         Self::check_limits(&[], &limits)?;
+        // The argv's own -fw_cfg files take slots, and QEMU refuses a name given twice.
+        for name in &parsed.fw_cfg_names {
+            let Some(guest) = name.strip_prefix(crate::fwcfg::NAME_PREFIX) else {
+                continue;
+            };
+            if let Some(s) = strings
+                .iter()
+                .find(|s| s.guest_name.as_deref() == Some(guest))
+            {
+                return Err(OemError::Duplicate {
+                    name: guest.to_owned(),
+                    first: format!("the argv's -fw_cfg name={name}"),
+                    second: s.subject(),
+                }
+                .into());
+            }
+        }
         let split = crate::fwcfg::choose(
             strings,
             no_smbios.as_deref(),
             &crate::fwcfg::Support::Yes {
-                max_items: Some(crate::fwcfg::QEMU_ITEMS_MAX),
+                max_items: Some(
+                    crate::fwcfg::QEMU_ITEMS_MAX.saturating_sub(parsed.fw_cfg_names.len()),
+                ),
             },
             args.channel,
             &limits,
@@ -1359,5 +1378,38 @@ mod tests {
         assert_eq!(notify.expose(), b"vsock-stream:2:77");
         p.forget_secrets();
         assert_eq!(p.fw_cfg.len(), 1, "only the public notify item is kept");
+        // The argv's own -fw_cfg credential (microvm.nix's credentialFiles) with a name
+        // credbridge also delivers: the guest would get one of them; refused.
+        let e = qemu_plan_of(
+            micro,
+            &[],
+            &[
+                "-fw_cfg",
+                "name=opt/io.systemd.credentials/k,file=/etc/hostname",
+            ],
+            creds,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("\"k\"") && e.contains("the argv's -fw_cfg"),
+            "{e}"
+        );
+        // Its files count toward QEMU's slots: 16 - 15 leaves one for two credentials.
+        let mut argv = Vec::new();
+        for i in 0..15 {
+            argv.push("-fw_cfg".to_owned());
+            argv.push(format!("opt/x{i},string=y"));
+        }
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let e = qemu_plan_of(micro, &[], &argv, creds).err().unwrap();
+        assert!(
+            matches!(
+                e,
+                PlanError::Channel(crate::fwcfg::ChannelError::TooManyItems { max: 1, .. })
+            ),
+            "{e}"
+        );
     }
 }

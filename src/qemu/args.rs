@@ -141,6 +141,9 @@ pub struct QemuArgv {
     pub vsock: Option<ArgvVsock>,
     /// The argv has a `vhost-user-vsock-*` device: a user-space backend owns the host side.
     pub vhost_user_vsock: bool,
+    /// The argv's own `-fw_cfg` file names: they take QEMU fw_cfg slots, and one under
+    /// `opt/io.systemd.credentials/` is a credential the guest imports.
+    pub fw_cfg_names: Vec<String>,
 }
 
 /// A `vhost-vsock-*` device of the argv.
@@ -530,6 +533,12 @@ pub fn parse_argv(args: &[OsString]) -> Result<QemuArgv, ArgvError> {
                 }
             }
             "device" => device(arg, &mut out),
+            // `-fw_cfg [name=]NAME,file=PATH|string=STR`.
+            "fw_cfg" => {
+                if let Some(n) = implied(&split_items(arg), "name") {
+                    out.fw_cfg_names.push(n);
+                }
+            }
             "machine" | "M" => {
                 let items = split_items(arg);
                 if let Some(t) = implied(&items, "type") {
