@@ -65,14 +65,63 @@ const PROBLEM_WINDOW: Duration = Duration::from_secs(60);
 /// Distinct stranger CIDs named in a warning of their own; any further ones count as problems.
 const MAX_STRANGERS: usize = 64;
 
-/// What a guest said, reduced to what the host acts on.
+/// What a guest said, reduced to what the host acts on. Every field is bounded: free text
+/// (`STATUS=`, `ERRNO=`) is sanitized and cut, and the `X_SYSTEMD_*` values are kept only when
+/// they pass the rule systemd itself applies to such a value, so a guest cannot put arbitrary
+/// text into the log or STATUS through them, nor make them large.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GuestMessage {
     pub ready: bool,
     pub status: Option<String>,
     pub stopping: bool,
     pub errno: Option<String>,
-    pub exit_status: Option<String>,
+    /// `EXIT_STATUS=`: systemd-shutdown sends `%i` of its exit code, 0..=255 for `systemctl
+    /// exit N` (src/shutdown/shutdown.c, `notify_supervisor()`).
+    pub exit_status: Option<u8>,
+    /// `X_SYSTEMD_HOSTNAME=` (systemd >= 256, src/shared/hostname-setup.c).
+    pub hostname: Option<String>,
+    /// `X_SYSTEMD_MACHINE_ID=` (systemd >= 256, src/shared/machine-id-setup.c).
+    pub machine_id: Option<String>,
+    /// `X_SYSTEMD_UNIT_ACTIVE=` / `X_SYSTEMD_UNIT_INACTIVE=` (systemd >= 256, sent for target
+    /// units: `.notify_supervisor = true` in src/core/target.c).
+    pub unit_active: Option<String>,
+    pub unit_inactive: Option<String>,
+    /// `X_SYSTEMD_SHUTDOWN=` (systemd >= 256, src/shutdown/shutdown.c).
+    pub shutdown: Option<ShutdownKind>,
+    /// Any `X_SYSTEMD_*` key, valid value or not: the sender is systemd 256 or later.
+    pub x_systemd: bool,
+    /// Keys whose value failed its rule, for a debug line (at most one entry per key).
+    pub rejected: Vec<&'static str>,
+}
+
+/// The kinds systemd-shutdown names in `X_SYSTEMD_SHUTDOWN=` (its verbs, src/shutdown/shutdown.c).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownKind {
+    Poweroff,
+    Halt,
+    Reboot,
+    Kexec,
+}
+
+impl ShutdownKind {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "poweroff" => Self::Poweroff,
+            "halt" => Self::Halt,
+            "reboot" => Self::Reboot,
+            "kexec" => Self::Kexec,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Poweroff => "poweroff",
+            Self::Halt => "halt",
+            Self::Reboot => "reboot",
+            Self::Kexec => "kexec",
+        }
+    }
 }
 
 /// Parses one notify datagram's worth of `KEY=VALUE` lines (sd_notify(3)). Unknown keys and
@@ -80,20 +129,122 @@ pub struct GuestMessage {
 pub fn parse(bytes: &[u8]) -> GuestMessage {
     let mut m = GuestMessage::default();
     let text = String::from_utf8_lossy(bytes);
+    fn reject(m: &mut GuestMessage, key: &'static str) {
+        if !m.rejected.contains(&key) {
+            m.rejected.push(key);
+        }
+    }
     for line in text.split('\n') {
         let Some((key, value)) = line.split_once('=') else {
             continue;
         };
+        if key.starts_with("X_SYSTEMD_") {
+            m.x_systemd = true;
+        }
         match key {
             "READY" => m.ready |= value == "1",
             "STATUS" => m.status = Some(sanitize(value)),
             "STOPPING" => m.stopping |= value == "1",
             "ERRNO" => m.errno = Some(sanitize(value)),
-            "EXIT_STATUS" => m.exit_status = Some(sanitize(value)),
+            "EXIT_STATUS" => match value.parse::<u8>() {
+                Ok(n) => m.exit_status = Some(n),
+                Err(_) => reject(&mut m, "EXIT_STATUS"),
+            },
+            "X_SYSTEMD_HOSTNAME" if hostname_is_valid(value) => {
+                m.hostname = Some(value.to_owned());
+            }
+            "X_SYSTEMD_HOSTNAME" => reject(&mut m, "X_SYSTEMD_HOSTNAME"),
+            "X_SYSTEMD_MACHINE_ID" if machine_id_is_valid(value) => {
+                m.machine_id = Some(value.to_owned());
+            }
+            "X_SYSTEMD_MACHINE_ID" => reject(&mut m, "X_SYSTEMD_MACHINE_ID"),
+            "X_SYSTEMD_UNIT_ACTIVE" if unit_name_is_valid(value) => {
+                m.unit_active = Some(value.to_owned());
+            }
+            "X_SYSTEMD_UNIT_ACTIVE" => reject(&mut m, "X_SYSTEMD_UNIT_ACTIVE"),
+            "X_SYSTEMD_UNIT_INACTIVE" if unit_name_is_valid(value) => {
+                m.unit_inactive = Some(value.to_owned());
+            }
+            "X_SYSTEMD_UNIT_INACTIVE" => reject(&mut m, "X_SYSTEMD_UNIT_INACTIVE"),
+            "X_SYSTEMD_SHUTDOWN" => match ShutdownKind::parse(value) {
+                Some(k) => m.shutdown = Some(k),
+                None => reject(&mut m, "X_SYSTEMD_SHUTDOWN"),
+            },
             _ => {}
         }
     }
     m
+}
+
+/// systemd's `hostname_is_valid()` without flags but `VALID_HOSTNAME_TRAILING_DOT`, as PID 1
+/// applies it to the name it then announces (src/basic/hostname-util.c): letters, digits and
+/// hyphens in dot-separated labels, no empty label, no hyphen at a label's start or end, a
+/// trailing dot only after at least two labels, at most 64 bytes (Linux's HOST_NAME_MAX).
+pub fn hostname_is_valid(s: &str) -> bool {
+    const HOST_NAME_MAX: usize = 64;
+    if s.is_empty() || s.len() > HOST_NAME_MAX {
+        return false;
+    }
+    let (body, trailing_dot) = match s.strip_suffix('.') {
+        Some(b) => (b, true),
+        None => (s, false),
+    };
+    let labels: Vec<&str> = body.split('.').collect();
+    if trailing_dot && labels.len() < 2 {
+        return false;
+    }
+    labels.iter().all(|l| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    })
+}
+
+/// 32 lowercase hex digits: `SD_ID128_FORMAT_STR` as src/shared/machine-id-setup.c formats it.
+pub fn machine_id_is_valid(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// systemd's `unit_name_is_valid()` for a plain or instance name (src/basic/unit-name.c): below
+/// UNIT_NAME_MAX (256) bytes, a prefix and optional `@instance` of `VALID_CHARS` (letters,
+/// digits, `:-_.\\`), and a known unit type suffix. Only targets are announced, but any type
+/// is accepted as systemd would.
+pub fn unit_name_is_valid(s: &str) -> bool {
+    const UNIT_NAME_MAX: usize = 256;
+    const SUFFIXES: [&str; 11] = [
+        "service",
+        "mount",
+        "swap",
+        "socket",
+        "target",
+        "device",
+        "automount",
+        "timer",
+        "path",
+        "slice",
+        "scope",
+    ];
+    if s.is_empty() || s.len() >= UNIT_NAME_MAX {
+        return false;
+    }
+    let Some((name, suffix)) = s.rsplit_once('.') else {
+        return false;
+    };
+    if !SUFFIXES.contains(&suffix) {
+        return false;
+    }
+    let valid = |p: &str| {
+        p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'-' | b'_' | b'.' | b'\\'))
+    };
+    match name.split_once('@') {
+        // A template (`getty@.target`) is never active, so an instance needs its instance part.
+        Some((prefix, instance)) => {
+            !prefix.is_empty() && !instance.is_empty() && valid(prefix) && valid(instance)
+        }
+        None => !name.is_empty() && valid(name),
+    }
 }
 
 /// The guest is not trusted: its text is shown in `systemctl status` and the journal, so
@@ -524,9 +675,93 @@ mod tests {
         let m = parse(b"STOPPING=1\nERRNO=5\nEXIT_STATUS=3");
         assert!(m.stopping && !m.ready);
         assert_eq!(m.errno.as_deref(), Some("5"));
-        assert_eq!(m.exit_status.as_deref(), Some("3"));
+        assert_eq!(m.exit_status, Some(3));
         assert!(!parse(b"READY=0").ready);
         assert_eq!(parse(b"").status, None);
+    }
+
+    // #14: the messages PID 1 of systemd >= 256 sends to its supervisor, each as its source
+    // writes it.
+    #[test]
+    fn parses_the_x_systemd_fields() {
+        // src/shared/machine-id-setup.c: "X_SYSTEMD_MACHINE_ID=" SD_ID128_FORMAT_STR
+        let m = parse(b"X_SYSTEMD_MACHINE_ID=bc7b125b9d8d47ffab31cefb22679654");
+        assert_eq!(
+            m.machine_id.as_deref(),
+            Some("bc7b125b9d8d47ffab31cefb22679654")
+        );
+        assert!(m.x_systemd && !m.ready);
+        // src/shared/hostname-setup.c: "X_SYSTEMD_HOSTNAME=%s"
+        assert_eq!(
+            parse(b"X_SYSTEMD_HOSTNAME=vm1").hostname.as_deref(),
+            Some("vm1")
+        );
+        // src/core/target.c (.notify_supervisor) via src/core/unit.c
+        let m = parse(b"X_SYSTEMD_UNIT_ACTIVE=multi-user.target");
+        assert_eq!(m.unit_active.as_deref(), Some("multi-user.target"));
+        let m = parse(b"X_SYSTEMD_UNIT_INACTIVE=multi-user.target");
+        assert_eq!(m.unit_inactive.as_deref(), Some("multi-user.target"));
+        // src/shutdown/shutdown.c, notify_supervisor(): "EXIT_STATUS=%i\nX_SYSTEMD_SHUTDOWN=%s"
+        let m = parse(b"EXIT_STATUS=3\nX_SYSTEMD_SHUTDOWN=poweroff");
+        assert_eq!(
+            (m.exit_status, m.shutdown),
+            (Some(3), Some(ShutdownKind::Poweroff))
+        );
+        let m = parse(b"EXIT_STATUS=0\nX_SYSTEMD_SHUTDOWN=reboot\nX_SYSTEMD_REBOOT_PARAMETER=x");
+        assert_eq!(m.shutdown, Some(ShutdownKind::Reboot));
+        for (v, k) in [("halt", ShutdownKind::Halt), ("kexec", ShutdownKind::Kexec)] {
+            assert_eq!(
+                parse(format!("X_SYSTEMD_SHUTDOWN={v}").as_bytes()).shutdown,
+                Some(k)
+            );
+        }
+        // Any X_SYSTEMD_* field proves systemd >= 256, also one credbridge does not use.
+        assert!(parse(b"X_SYSTEMD_SIGNALS_LEVEL=2").x_systemd);
+        assert!(!parse(b"READY=1\nSTATUS=Ready.").x_systemd);
+    }
+
+    /// #14: a guest cannot put arbitrary text or unbounded data into the new fields.
+    #[test]
+    fn x_systemd_values_that_break_systemds_rules_are_dropped() {
+        for bad in [
+            "X_SYSTEMD_HOSTNAME=",
+            "X_SYSTEMD_HOSTNAME=a b",
+            "X_SYSTEMD_HOSTNAME=-a",
+            "X_SYSTEMD_HOSTNAME=a..b",
+            "X_SYSTEMD_HOSTNAME=.a",
+            "X_SYSTEMD_HOSTNAME=a.",
+            "X_SYSTEMD_HOSTNAME=a\x1b[31m",
+            "X_SYSTEMD_MACHINE_ID=BC7B125B9D8D47FFAB31CEFB22679654",
+            "X_SYSTEMD_MACHINE_ID=bc7b125b9d8d47ffab31cefb2267965",
+            "X_SYSTEMD_UNIT_ACTIVE=multi-user",
+            "X_SYSTEMD_UNIT_ACTIVE=multi user.target",
+            "X_SYSTEMD_UNIT_ACTIVE=getty@.target",
+            "X_SYSTEMD_UNIT_ACTIVE=.target",
+            "X_SYSTEMD_UNIT_ACTIVE=a.exe",
+            "X_SYSTEMD_UNIT_INACTIVE=\u{202e}x.target",
+            "X_SYSTEMD_SHUTDOWN=suspend",
+            "EXIT_STATUS=256",
+            "EXIT_STATUS=-1",
+        ] {
+            let m = parse(bad.as_bytes());
+            let clean = GuestMessage {
+                x_systemd: m.x_systemd,
+                rejected: m.rejected.clone(),
+                ..GuestMessage::default()
+            };
+            assert_eq!(m, clean, "{bad:?} must be dropped");
+            assert_eq!(m.rejected.len(), 1, "{bad:?}");
+        }
+        // The limits themselves: 64 bytes of hostname and 255 of unit name are fine.
+        let h = format!("{}.{}", "a".repeat(32), "b".repeat(31));
+        assert!(hostname_is_valid(&h) && !hostname_is_valid(&format!("{h}c")));
+        assert!(hostname_is_valid("vm1.example.") && !hostname_is_valid("vm1."));
+        let u = format!("{}.target", "a".repeat(248));
+        assert!(unit_name_is_valid(&u) && !unit_name_is_valid(&format!("a{u}")));
+        assert!(unit_name_is_valid("getty@tty1.target") && unit_name_is_valid("a\\x2d.target"));
+        // A flood of rejected keys still leaves one entry per key.
+        let flood = "X_SYSTEMD_HOSTNAME=-\n".repeat(1000);
+        assert_eq!(parse(flood.as_bytes()).rejected, vec!["X_SYSTEMD_HOSTNAME"]);
     }
 
     #[test]
