@@ -12,6 +12,7 @@ pub mod events;
 pub mod fwcfg;
 pub mod guestnotify;
 pub mod hostenv;
+pub mod lifecycle;
 pub mod logging;
 pub mod notify;
 pub mod oem;
