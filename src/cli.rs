@@ -56,14 +56,53 @@ pub enum Channel {
     FwCfg,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ready {
     /// READY=1 right after the hypervisor is spawned.
     Spawn,
     /// READY=1 once the hypervisor reports the VM booted (vCPUs started).
     Booted,
-    /// READY=1 once the guest's own systemd sends READY=1 over vsock.
+    /// READY=1 once the guest's own systemd sends READY=1 over vsock (or, with a target,
+    /// reports that target active).
     Guest,
+}
+
+/// `--ready`: the mode, and for `guest:TARGET` the guest's target unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyArg {
+    pub mode: Ready,
+    pub target: Option<String>,
+}
+
+/// `spawn`, `booted`, `guest` or `guest:TARGET`. Only target units are reported by the guest
+/// (`X_SYSTEMD_UNIT_ACTIVE=`, systemd >= 256), so TARGET must be a valid `.target` name.
+pub fn parse_ready(s: &str) -> Result<ReadyArg, String> {
+    let (mode, target) = match s.split_once(':') {
+        Some(("guest", t)) => {
+            if !t.ends_with(".target") || !crate::guestnotify::unit_name_is_valid(t) {
+                return Err(format!(
+                    "{t:?} is not a target unit name; the guest reports only targets (e.g. guest:multi-user.target)"
+                ));
+            }
+            (Ready::Guest, Some(t.to_owned()))
+        }
+        Some(_) => {
+            return Err(format!(
+                "only guest takes a target (guest:TARGET), not {s:?}"
+            ));
+        }
+        None => match s {
+            "spawn" => (Ready::Spawn, None),
+            "booted" => (Ready::Booted, None),
+            "guest" => (Ready::Guest, None),
+            _ => {
+                return Err(format!(
+                    "unknown mode {s:?} (use spawn, booted, guest or guest:TARGET)"
+                ));
+            }
+        },
+    };
+    Ok(ReadyArg { mode, target })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -108,9 +147,10 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "api")]
     pub delivery: Delivery,
 
-    /// When to tell systemd the service is ready.
-    #[arg(long, value_enum, default_value = "booted")]
-    pub ready: Ready,
+    /// When to tell systemd the service is ready: spawn, booted, guest (the guest's READY=1),
+    /// or guest:TARGET (the guest reports TARGET active; systemd >= 256 in the guest).
+    #[arg(long, value_name = "WHEN", value_parser = parse_ready, default_value = "booted")]
+    pub ready: ReadyArg,
 
     /// Stop the VM and fail if it is not ready in time (e.g. 90, 90s, 2min; at most one day)
     /// [default: none, systemd's TimeoutStartSec= applies].
@@ -198,6 +238,36 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ready_modes() {
+        let r = |s| parse_ready(s);
+        assert_eq!(r("booted").unwrap().mode, Ready::Booted);
+        assert_eq!(
+            r("guest").unwrap(),
+            ReadyArg {
+                mode: Ready::Guest,
+                target: None
+            }
+        );
+        assert_eq!(
+            r("guest:multi-user.target").unwrap().target.as_deref(),
+            Some("multi-user.target")
+        );
+        assert!(
+            r("guest:multi-user")
+                .unwrap_err()
+                .contains("not a target unit name")
+        );
+        assert!(r("guest:sshd.service").is_err());
+        assert!(r("guest:").is_err());
+        assert!(
+            r("booted:x.target")
+                .unwrap_err()
+                .contains("only guest takes a target")
+        );
+        assert!(r("later").is_err());
     }
 
     #[test]

@@ -137,6 +137,8 @@ pub struct Plan {
     pub own_event_monitor: bool,
     pub create: Option<CreatePlan>,
     pub ready: Ready,
+    /// `--ready guest:TARGET`'s target.
+    pub ready_target: Option<String>,
     /// `--ready guest`: where the guest's notifications arrive.
     pub guest_notify: Option<GuestNotifyPlan>,
     /// `--vsock-cid` with cloud-hypervisor: the vsock device credbridge adds (cid, socket path).
@@ -427,7 +429,8 @@ impl Plan {
             api_source,
             api_socket_group_access: args.api_socket_group_access,
             create,
-            ready: args.ready,
+            ready: args.ready.mode,
+            ready_target: args.ready.target.clone(),
             guest_notify,
             add_vsock,
             add_vhost_vsock: None,
@@ -519,7 +522,7 @@ impl Plan {
             (None, Some(cid)) if !is_guest_cid(cid.into()) => return Err(PlanError::BadCid(cid)),
             (_, cid) => cid,
         };
-        let guest_notify = if args.ready == Ready::Guest {
+        let guest_notify = if args.ready.mode == Ready::Guest {
             let cid = match (&parsed.vsock, add_vhost_vsock) {
                 (Some(v), _) => match v.guest_cid {
                     Some(c) if is_guest_cid(c) => c as u32,
@@ -591,7 +594,8 @@ impl Plan {
             api_socket_group_access: args.api_socket_group_access,
             own_event_monitor: false,
             create: None,
-            ready: args.ready,
+            ready: args.ready.mode,
+            ready_target: args.ready.target.clone(),
             guest_notify,
             add_vsock: None,
             add_vhost_vsock,
@@ -636,7 +640,7 @@ impl Plan {
             }
             _ => None,
         };
-        if args.ready != Ready::Guest {
+        if args.ready.mode != Ready::Guest {
             return Ok((None, add_vsock));
         }
         let vsock_socket = argv_vsock
