@@ -255,7 +255,7 @@ impl ChBackend {
 fn translate(ev: &Event) -> BackendEvent {
     match (ev.source.as_str(), ev.event.as_str()) {
         ("vm", "booted") => BackendEvent::Booted,
-        ("vm", "rebooting") => BackendEvent::Info("the guest is rebooting".into()),
+        ("vm", "rebooting") => BackendEvent::Reset,
         ("vm", "shutdown") => BackendEvent::VmShutdown,
         ("guest", "panic") => BackendEvent::Warn("the guest kernel panicked".into()),
         (s, e) => BackendEvent::Debug(format!("event {s}:{e}")),

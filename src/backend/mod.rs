@@ -23,6 +23,9 @@ pub enum BackendEvent {
     Booted,
     /// The VM config, secrets included, is in the hypervisor: credbridge's copies can go.
     Handed,
+    /// The hypervisor reset the VM: a guest reboot, or a crash that looks like one
+    /// (cloud-hypervisor's `vm:rebooting`, QEMU's `RESET`).
+    Reset,
     /// Handing over or booting the VM failed. `maybe_exiting`: the failure looks like the
     /// hypervisor going away, whose exit status would explain it better.
     BootFailed {

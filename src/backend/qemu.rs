@@ -184,9 +184,7 @@ impl QemuBackend {
             EventKind::Shutdown { reason, .. } => {
                 BackendEvent::Info(format!("QEMU is shutting down ({reason})"))
             }
-            EventKind::Reset { guest: true, .. } => {
-                BackendEvent::Info("the guest is rebooting".into())
-            }
+            EventKind::Reset { .. } => BackendEvent::Reset,
             EventKind::GuestPanicked { action } => {
                 BackendEvent::Warn(format!("the guest kernel panicked (action: {action})"))
             }
