@@ -17,6 +17,7 @@ use crate::backend::{Backend, BackendEvent, Boxed, maybe, sleep_until};
 use crate::cli::{Delivery, Ready};
 use crate::guestnotify::{self, Bound, GuestMessage, Inbox, LogLimit, Relay};
 use crate::hostenv::HostEnv;
+use crate::lifecycle::{Effect, Lifecycle, Verdict};
 use crate::notify::Notifier;
 use crate::plan::{Plan, PlanError, Target};
 use crate::sys;
@@ -163,6 +164,10 @@ struct Supervisor<'a> {
     failure: Option<String>,
     power_fut: Option<Boxed<Result<(), String>>>,
     guest_log: LogLimit,
+    /// What the guest's systemd said of its lifecycle (#14).
+    life: Lifecycle,
+    /// After a reset of a guest that was ready: `--ready-timeout` for it to be up again.
+    reboot_deadline: Option<Instant>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -217,7 +222,6 @@ impl<'a> Supervisor<'a> {
         backend.spawned(&plan);
 
         let mut sup = Supervisor {
-            plan,
             notify,
             backend,
             child_pid,
@@ -228,6 +232,12 @@ impl<'a> Supervisor<'a> {
             failure: None,
             power_fut: None,
             guest_log: LogLimit::new(GUEST_STATUS_LOG_BURST, GUEST_STATUS_LOG_WINDOW),
+            life: Lifecycle::new(
+                plan.ready == Ready::Guest && !foreign_relay,
+                plan.ready_target.clone(),
+            ),
+            reboot_deadline: None,
+            plan,
         };
         if sup.plan.ready == Ready::Spawn {
             // The strings reach the guest only when the VM is created and boots; until then
@@ -261,6 +271,13 @@ impl<'a> Supervisor<'a> {
                     BackendEvent::Booted => sup.on_booted(),
                     // The secrets are in the hypervisor now; ours are no longer needed.
                     BackendEvent::Handed => sup.plan.forget_secrets(),
+                    BackendEvent::Reset => {
+                        // A guest can reboot as often as it likes: its resets' log lines
+                        // share the guest's rate limit.
+                        let effects = sup.life.on_reset(Instant::now());
+                        let log = !effects.is_empty() && sup.admit_guest_log();
+                        sup.apply(effects, log);
+                    }
                     BackendEvent::BootFailed { msg, maybe_exiting } => {
                         // Before Handed: scrubbing needs the values (#11). The raw text may
                         // quote them and is zeroed once scrubbed.
@@ -322,6 +339,14 @@ impl<'a> Supervisor<'a> {
                     let t = sup.plan.ready_timeout.unwrap_or_default();
                     sup.fail(format!("the VM was not ready within {t:?} (--ready-timeout); stopping it"));
                     sup.request_stop();
+                },
+                _ = sleep_until(sup.reboot_deadline) => {
+                    sup.reboot_deadline = None;
+                    if sup.stop == Stop::Running {
+                        let t = sup.plan.ready_timeout.unwrap_or_default();
+                        sup.fail(format!("the guest was not up again within {t:?} of the VM's reset (--ready-timeout); stopping it"));
+                        sup.request_stop();
+                    }
                 },
                 _ = async { match watchdog.as_mut() { Some(w) => w.tick().await, None => pending().await } } => {
                     if ping_fut.is_none() {
@@ -415,26 +440,31 @@ impl<'a> Supervisor<'a> {
                 self.become_ready("VM booted", &status);
             }
             Ready::Spawn => self.notify.status(&self.running_status()),
-            Ready::Guest if !self.ready => self
-                .notify
-                .status("VM booted, waiting for the guest's systemd to report ready"),
+            Ready::Guest if !self.ready => match &self.plan.ready_target {
+                None => self
+                    .notify
+                    .status("VM booted, waiting for the guest's systemd to report ready"),
+                Some(t) => self.notify.status(&format!(
+                    "VM booted, waiting for the guest's systemd to reach {t}"
+                )),
+            },
             _ => {}
         }
     }
 
     fn on_guest_message(&mut self, m: &GuestMessage) {
-        // The guest decides how often it sends: its messages are logged within a rate limit.
-        let loggable =
-            m.status.is_some() || m.stopping || m.errno.is_some() || m.exit_status.is_some();
-        let log = loggable
-            && match self.guest_log.admit(Instant::now()) {
-                Some(0) => true,
-                Some(n) => {
-                    tracing::info!("({n} further guest messages not logged)");
-                    true
-                }
-                None => false,
-            };
+        let effects = self.life.on_message(m, Instant::now());
+        // The guest decides how often it sends: its messages are logged within a rate limit,
+        // and so are the lifecycle's log lines they cause (a guest could alternate hostnames).
+        let loggable = m.status.is_some()
+            || m.stopping
+            || m.errno.is_some()
+            || m.exit_status.is_some()
+            || !m.rejected.is_empty()
+            || effects
+                .iter()
+                .any(|e| matches!(e, Effect::Info(_) | Effect::Warn(_)));
+        let log = loggable && self.admit_guest_log();
         if let Some(status) = &m.status {
             if log {
                 tracing::info!("guest: {status}");
@@ -454,9 +484,49 @@ impl<'a> Supervisor<'a> {
         if let Some(e) = m.exit_status.as_ref().filter(|_| log) {
             tracing::info!("the guest reported EXIT_STATUS={e}");
         }
-        if m.ready && self.plan.ready == Ready::Guest && self.stop == Stop::Running {
-            let status = self.running_status();
-            self.become_ready("the guest's systemd sent READY=1", &status);
+        if !m.rejected.is_empty() && log {
+            tracing::debug!(
+                "ignored guest fields with invalid values: {}",
+                m.rejected.join(", ")
+            );
+        }
+        self.apply(effects, log);
+    }
+
+    /// Whether a log line the guest caused may be written now (its rate limit).
+    fn admit_guest_log(&mut self) -> bool {
+        match self.guest_log.admit(Instant::now()) {
+            Some(0) => true,
+            Some(n) => {
+                tracing::info!("({n} further guest messages not logged)");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Carries out what the guest's lifecycle asks for; its log lines only with `log`.
+    fn apply(&mut self, effects: Vec<Effect>, log: bool) {
+        for e in effects {
+            match e {
+                Effect::Status(s) => self.notify.status(&s),
+                Effect::Info(s) if log => tracing::info!("{s}"),
+                Effect::Warn(s) if log => tracing::warn!("{s}"),
+                Effect::Info(_) | Effect::Warn(_) => {}
+                Effect::Ready(why) if self.stop == Stop::Running => {
+                    let status = self.running_status();
+                    self.become_ready(&why, &status);
+                }
+                Effect::Ready(_) => {}
+                Effect::Running => self.reboot_deadline = None,
+                Effect::AwaitReady => {
+                    self.reboot_deadline = self.plan.ready_timeout.map(|t| Instant::now() + t);
+                }
+                Effect::Fail(msg) => {
+                    self.fail(msg);
+                    self.request_stop();
+                }
+            }
         }
     }
 
@@ -567,6 +637,21 @@ impl<'a> Supervisor<'a> {
             ),
         };
         let name = self.plan.hypervisor_name();
+        // #14: the guest's own word on how it ended, when it gave one.
+        let mut end = end;
+        if self.booted {
+            match self
+                .life
+                .on_exit(end == End::Code(0), self.stop != Stop::Running)
+            {
+                Verdict::Exit(n) => {
+                    tracing::info!("the guest powered off with exit status {n}; exiting with it");
+                    end = End::Code(n.into());
+                }
+                Verdict::Fail(msg) if self.failure.is_none() => self.fail(msg),
+                _ => {}
+            }
+        }
         if !self.booted && self.stop == Stop::Running && self.failure.is_none() {
             self.fail(format!(
                 "{name} exited before the VM booted ({how}); see its messages above"
