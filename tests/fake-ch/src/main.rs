@@ -38,7 +38,8 @@
 //!   `vm:deleted`, `vmm:shutdown`, exit 0, exactly as a guest poweroff looks.
 //! - `FAKE_CH_GUEST_NOTIFY=<port>:<msg1>|<msg2>|...`: after `vm:booted`, act as the guest's
 //!   systemd sending each message to `vsock-stream:2:<port>` (a literal `\n` in a message
-//!   becomes a newline); see `notify.rs`.
+//!   becomes a newline); `@reboot`, `@crash`, `@poweroff`, `@vcpu-error` in the list are guest
+//!   actions at that point instead of messages; see `notify.rs`.
 //! - `FAKE_CH_GUEST_NOTIFY_GAP_MS=<ms>` (default 10): pause between messages.
 //! - `FAKE_CH_GUEST_NOTIFY_CLOSE_TIMEOUT_MS=<ms>` (default 2000): how long each message waits
 //!   for the host to close before giving up (recorded as `timed_out`).

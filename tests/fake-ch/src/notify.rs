@@ -10,6 +10,9 @@
 //! (sd-daemon.c, pid_notify_with_fds_internal()); cloud-hypervisor <= 52 never passes that on
 //! to the host socket, >= 53 does (microvm.nix, lib/runners/cloud-hypervisor.nix): the write
 //! side stays open here unless `FAKE_CH_GUEST_NOTIFY_HALF_CLOSE=1`.
+//! A message that is one of `@reboot`/`@crash` (the VM is reset: `vm:rebooting`,
+//! `vm:rebooted`), `@poweroff` (the guest powers off: CH exits 0 with its shutdown events) or
+//! `@vcpu-error` (CH exits 0 without them) is that guest action instead of a message.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -34,6 +37,16 @@ pub fn run(vsock_socket: Option<String>, port: u32, messages: Vec<String>) {
     for (i, msg) in messages.iter().enumerate() {
         if i > 0 {
             thread::sleep(Duration::from_millis(knobs.guest_notify_gap_ms));
+        }
+        // Guest actions between messages (#14): what the VM does, not what it says.
+        match msg.as_str() {
+            "@reboot" | "@crash" => {
+                crate::vmm::guest_reset();
+                continue;
+            }
+            "@poweroff" => crate::vmm::guest_poweroff(),
+            "@vcpu-error" => crate::vmm::vcpu_error_exit(),
+            _ => {}
         }
         let mut rec = json!({
             "index": i,

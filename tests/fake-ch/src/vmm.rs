@@ -361,6 +361,24 @@ pub fn guest_poweroff() {
     }
 }
 
+/// A guest reboot, or a guest kernel panic with `panic=-1`, or a triple fault: CH resets the VM
+/// inside the same process (cloud-hypervisor.md section 5), seen as `vm:rebooting`, `vm:rebooted`.
+pub fn guest_reset() {
+    let vmm = state();
+    if vmm.vm != Some(VmState::Running) {
+        return;
+    }
+    events::emit("vm", "rebooting");
+    events::emit("vm", "rebooted");
+}
+
+/// A vCPU error: CH v54 exits 0 although the guest never powered off (cloud-hypervisor.md
+/// section 5: "exit 0 does not prove a clean poweroff; stderr tells"). No shutdown events.
+pub fn vcpu_error_exit() -> ! {
+    eprintln!("fake-cloud-hypervisor: a vCPU error (fake): exiting 0 without a guest shutdown");
+    exit_process(0)
+}
+
 /// Answer of one API route.
 pub enum Answer {
     NoContent,
