@@ -571,6 +571,46 @@ fn guest_notify_half_close_reaches_the_host_as_end_of_stream() {
     assert_eq!(wait_exit(&mut child, 5).code(), Some(0));
 }
 
+/// #14: guest actions between the messages: a reset emits `vm:rebooting`, `vm:rebooted` and CH
+/// keeps running; a vCPU error exits 0 without any shutdown event (cloud-hypervisor.md s. 5).
+#[test]
+fn guest_actions_reset_and_vcpu_error() {
+    let dir = TempDir::new("actions");
+    let listener = UnixListener::bind(dir.join("notify.vsock_8888")).unwrap();
+    let k = kernel(&dir);
+    let mut child = fake(
+        &dir,
+        &[
+            "--kernel",
+            &k,
+            "--vsock",
+            "cid=3,socket=notify.vsock",
+            "--event-monitor",
+            "path=ev",
+        ],
+    )
+    .env(
+        "FAKE_CH_GUEST_NOTIFY",
+        "8888:READY=1|@crash|READY=1|@vcpu-error",
+    )
+    .spawn()
+    .unwrap();
+    for _ in 0..2 {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+    }
+    assert_eq!(wait_exit(&mut child, 5).code(), Some(0));
+    let ev = std::fs::read_to_string(dir.join("ev")).unwrap();
+    let order: Vec<String> = parse_events(&ev)
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect();
+    let booted = order.iter().position(|e| *e == "booted").unwrap();
+    assert_eq!(order[booted + 1..], ["rebooting", "rebooted"], "{ev}");
+}
+
 #[test]
 fn fault_knobs() {
     // vm.create answers the injected error and creates nothing.
