@@ -174,6 +174,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "CID")]
     pub vsock_cid: Option<u32>,
 
+    /// QEMU with a `-device vhost-user-vsock-*`: the hybrid-vsock Unix socket of its backend
+    /// (vhost-device-vsock's `uds-path`); with --ready guest credbridge listens on PATH_PORT,
+    /// where the backend delivers the guest's connections to host CID 2, port PORT. The backend
+    /// is not started by credbridge and must run before QEMU starts.
+    #[arg(long, value_name = "PATH")]
+    pub vsock_uds: Option<PathBuf>,
+
     /// argv[0] for the hypervisor [default: HYPERVISOR as given]; microvm.nix uses microvm@NAME.
     #[arg(long, value_name = "NAME")]
     pub argv0: Option<OsString>,

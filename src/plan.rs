@@ -44,9 +44,11 @@ pub enum PlanError {
     NotForQemu { flag: &'static str },
     #[error(
         "--ready guest needs a vsock device for the guest's notifications, and the QEMU argv has no vhost-vsock device{user}\nhint: pass --vsock-cid CID (credbridge adds -device vhost-vsock-pci and reserves the CID), or add -device vhost-vsock-pci,guest-cid=CID to the argv",
-        user = if *.vhost_user { " (its vhost-user-vsock device is served by a user-space backend, whose Unix sockets credbridge cannot know)" } else { "" }
+        user = if *.vhost_user { " but a vhost-user-vsock device, whose host side is a user-space backend's Unix socket\nhint: pass --vsock-uds with that backend's hybrid-vsock socket (vhost-device-vsock's uds-path)" } else { "" }
     )]
     QemuNoVsock { vhost_user: bool },
+    #[error("--vsock-uds {path}: {why}")]
+    VsockUds { path: String, why: &'static str },
     #[error(
         "-device {driver}: {what}; QEMU needs a guest-cid of 3 to 4294967294, and credbridge needs it to tell the guest's connections from other VMs'\nhint: add guest-cid=CID, unique on this host (microvm.nix: microvm.vsock.cid)",
         what = match .cid { None => "no numeric guest-cid".to_owned(), Some(c) => format!("guest-cid={c} is not a guest CID") }
@@ -303,6 +305,12 @@ impl Plan {
             delivery == Delivery::Api,
         )?);
 
+        if let Some(uds) = &args.vsock_uds {
+            return Err(PlanError::VsockUds {
+                path: uds.display().to_string(),
+                why: "applies to QEMU's vhost-user-vsock only; cloud-hypervisor's hybrid socket is its own --vsock socket=",
+            });
+        }
         let (guest_notify, add_vsock) = Self::guest_notify(args, env, &parsed, &mut strings)?;
         if args.vsock_cid.is_some() && add_vsock.is_none() {
             warnings.push("--vsock-cid is ignored: the argv has its own --vsock".into());
@@ -522,7 +530,43 @@ impl Plan {
             (None, Some(cid)) if !is_guest_cid(cid.into()) => return Err(PlanError::BadCid(cid)),
             (_, cid) => cid,
         };
-        let guest_notify = if args.ready.mode == Ready::Guest {
+        if let Some(uds) = &args.vsock_uds {
+            let why = if !parsed.vhost_user_vsock {
+                Some(
+                    "the QEMU argv has no -device vhost-user-vsock-pci (or -device) whose backend it belongs to",
+                )
+            } else if parsed.vsock.is_some() || add_vhost_vsock.is_some() {
+                Some(
+                    "the VM has a kernel vhost-vsock device too; a guest uses one vsock device, so give it only one",
+                )
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(PlanError::VsockUds {
+                    path: uds.display().to_string(),
+                    why,
+                });
+            }
+        }
+        if args.vsock_uds.is_some() && args.ready.mode != Ready::Guest {
+            warnings.push("--vsock-uds is ignored: only --ready guest listens on it".into());
+        }
+        let guest_notify = if let Some(uds) = args
+            .vsock_uds
+            .as_ref()
+            .filter(|_| args.ready.mode == Ready::Guest)
+        {
+            // A hybrid vsock like cloud-hypervisor's: the backend's socket is this VM's own,
+            // so ports are per VM and the default port serves.
+            let port = Self::notify_port(args, &mut strings, Some(DEFAULT_NOTIFY_PORT))?
+                .unwrap_or(DEFAULT_NOTIFY_PORT);
+            let mut listen = uds.clone().into_os_string();
+            listen.push(format!("_{port}"));
+            Some(GuestNotifyPlan::Hybrid {
+                listen_path: listen.into(),
+            })
+        } else if args.ready.mode == Ready::Guest {
             let cid = match (&parsed.vsock, add_vhost_vsock) {
                 (Some(v), _) => match v.guest_cid {
                     Some(c) if is_guest_cid(c) => c as u32,
@@ -1218,6 +1262,64 @@ mod tests {
         // Only once: a port already known is not replaced.
         plan.set_notify_port(99);
         assert!(texts(&plan)[1].ends_with(":1234"));
+    }
+
+    /// #14: QEMU's vhost-user-vsock with a hybrid backend (vhost-device-vsock) is relayed like
+    /// cloud-hypervisor's vsock, on `<uds-path>_PORT`.
+    #[test]
+    fn qemu_ready_guest_over_vhost_user_vsock_listens_on_the_backends_socket() {
+        let dev = [
+            "-chardev",
+            "socket,id=c0,path=/run/vm/vhost.sock",
+            "-device",
+            "vhost-user-vsock-pci,chardev=c0",
+        ];
+        let plan = qemu_plan(
+            &["--ready", "guest", "--vsock-uds", "/run/vm/vm.vsock"],
+            &dev,
+            &[],
+        )
+        .unwrap();
+        assert!(matches!(
+            &plan.guest_notify,
+            Some(GuestNotifyPlan::Hybrid { listen_path }) if listen_path == Path::new("/run/vm/vm.vsock_8888")
+        ));
+        assert_eq!(plan.add_vhost_vsock, None);
+        assert!(
+            texts(&plan).contains(
+                &"io.systemd.credential:vmm.notify_socket=vsock-stream:2:8888".to_owned()
+            )
+        );
+        // Without --vsock-uds the device's backend is unknown: refused with the fix.
+        let e = qemu_plan(&["--ready", "guest"], &dev, &[])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("vhost-user-vsock") && e.contains("--vsock-uds"),
+            "{e}"
+        );
+        // --vsock-uds without such a device, or beside a kernel vhost-vsock device, is refused.
+        let e = qemu_plan(&["--ready", "guest", "--vsock-uds", "/x"], &[], &[])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("no -device vhost-user-vsock-pci"), "{e}");
+        let mut both = dev.to_vec();
+        both.extend(["-device", "vhost-vsock-pci,guest-cid=4"]);
+        let e = qemu_plan(&["--ready", "guest", "--vsock-uds", "/x"], &both, &[])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("kernel vhost-vsock device too"), "{e}");
+        let plan = qemu_plan(&["--vsock-uds", "/run/vm/vm.vsock"], &dev, &[]).unwrap();
+        assert!(
+            plan.guest_notify.is_none()
+                && plan
+                    .warnings
+                    .iter()
+                    .any(|w| w.contains("--vsock-uds is ignored"))
+        );
     }
 
     #[test]
