@@ -73,6 +73,8 @@ pub struct Lifecycle {
     /// The last reset, when it was counted as a crash.
     last_crash_reset: Option<Instant>,
     refused: bool,
+    /// Any message at all from the guest.
+    heard: bool,
 }
 
 impl Lifecycle {
@@ -91,6 +93,7 @@ impl Lifecycle {
             crashes: VecDeque::new(),
             last_crash_reset: None,
             refused: false,
+            heard: false,
         }
     }
 
@@ -109,6 +112,7 @@ impl Lifecycle {
 
     pub fn on_message(&mut self, m: &GuestMessage, now: Instant) -> Vec<Effect> {
         let mut out = Vec::new();
+        self.heard |= *m != GuestMessage::default();
         self.speaks |= m.x_systemd;
         if let Some(id) = &m.machine_id {
             // Logged once; again only if a reboot brought another machine ID.
@@ -201,6 +205,25 @@ impl Lifecycle {
                 out.push(Effect::Info(format!("{who} is shutting down ({k}{code})")));
                 out.push(Effect::Status(format!("{who}: shutting down ({k}{code})")));
             }
+        }
+    }
+
+    /// Why `--ready guest[:TARGET]` may not have been met, for the ready timeout's message: a
+    /// guest whose systemd is too old says nothing, or nothing about targets.
+    pub fn not_ready_hint(&self) -> Option<String> {
+        if !self.guest_ready {
+            return None;
+        }
+        if !self.heard {
+            return Some(
+                "the guest sent no notification at all (systemd before 253 sends none to vmm.notify_socket)".into(),
+            );
+        }
+        match &self.target {
+            Some(t) if !self.speaks => Some(format!(
+                "the guest's systemd sent no X_SYSTEMD_* field, so it is older than 256 and never reports {t}"
+            )),
+            _ => None,
         }
     }
 
@@ -571,6 +594,24 @@ mod tests {
         let e = feed(&mut l, BOOT_257, now);
         assert_eq!(ids(&e), 0);
         assert!(!has(&e, |e| matches!(e, Effect::Status(_))));
+    }
+
+    /// #14 rule 4: systemd 252 sends nothing; the ready timeout says why nothing came.
+    #[test]
+    fn the_ready_timeout_says_what_the_guest_did_not_send() {
+        let now = Instant::now();
+        let l = Lifecycle::new(true, Some("multi-user.target".into()));
+        assert!(
+            l.not_ready_hint()
+                .unwrap()
+                .contains("no notification at all")
+        );
+        let mut l = Lifecycle::new(true, Some("multi-user.target".into()));
+        feed(&mut l, &["STATUS=Startup finished."], now);
+        assert!(l.not_ready_hint().unwrap().contains("older than 256"));
+        feed(&mut l, &["X_SYSTEMD_HOSTNAME=vm1"], now);
+        assert_eq!(l.not_ready_hint(), None);
+        assert_eq!(Lifecycle::new(false, None).not_ready_hint(), None);
     }
 
     /// Without `--ready guest` nothing here sends READY=1.

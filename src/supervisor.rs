@@ -337,7 +337,8 @@ impl<'a> Supervisor<'a> {
                 _ = sleep_until(if sup.ready { None } else { ready_deadline }) => {
                     ready_deadline = None;
                     let t = sup.plan.ready_timeout.unwrap_or_default();
-                    sup.fail(format!("the VM was not ready within {t:?} (--ready-timeout); stopping it"));
+                    let why = sup.life.not_ready_hint().map(|h| format!("; {h}")).unwrap_or_default();
+                    sup.fail(format!("the VM was not ready within {t:?} (--ready-timeout){why}; stopping it"));
                     sup.request_stop();
                 },
                 _ = sleep_until(sup.reboot_deadline) => {
@@ -638,7 +639,7 @@ impl<'a> Supervisor<'a> {
         };
         let name = self.plan.hypervisor_name();
         // #14: the guest's own word on how it ended, when it gave one.
-        let mut end = end;
+        let mut ours = end;
         if self.booted {
             match self
                 .life
@@ -646,7 +647,7 @@ impl<'a> Supervisor<'a> {
             {
                 Verdict::Exit(n) => {
                     tracing::info!("the guest powered off with exit status {n}; exiting with it");
-                    end = End::Code(n.into());
+                    ours = End::Code(n.into());
                 }
                 Verdict::Fail(msg) if self.failure.is_none() => self.fail(msg),
                 _ => {}
@@ -670,7 +671,7 @@ impl<'a> Supervisor<'a> {
             self.notify.errno(&format!("Failed: {failure}"), libc::EIO);
         }
         Outcome {
-            end,
+            end: ours,
             failure: self.failure,
         }
     }

@@ -271,3 +271,27 @@ fn invalid_guest_fields_reach_neither_status_nor_log() {
     }
     assert!(msgs.contains("STATUS=guest: multi-user.target"), "{msgs}");
 }
+
+/// Rule 4 for systemd 252, which sends nothing at all: the ready timeout says why.
+#[test]
+fn a_silent_guest_is_named_in_the_ready_timeout() {
+    let mut rig = Rig::new();
+    rig.add_credential("k", b"silent-secret");
+    let mut child = run_guest(
+        &rig,
+        &[
+            "--ready",
+            "guest:multi-user.target",
+            "--ready-timeout",
+            "1s",
+        ],
+        "",
+    );
+    let st = wait_exit(&mut child, T);
+    let stderr = stderr_of(&mut child);
+    assert_eq!(st.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains("not ready within 1s (--ready-timeout); the guest sent no notification at all (systemd before 253"),
+        "{stderr}"
+    );
+}
