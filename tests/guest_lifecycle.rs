@@ -31,6 +31,13 @@ fn run_guest(rig: &Rig, flags: &[&str], script: &str) -> std::process::Child {
         .unwrap()
 }
 
+/// Runs the guest's script to credbridge's end: its exit code and stderr.
+fn run_to_end(rig: &Rig, flags: &[&str], script: &str) -> (Option<i32>, String) {
+    let mut child = run_guest(rig, flags, script);
+    let st = wait_exit(&mut child, T);
+    (st.code(), stderr_of(&mut child))
+}
+
 fn count(msgs: &[String], needle: &str) -> usize {
     msgs.iter().filter(|m| m.contains(needle)).count()
 }
@@ -43,10 +50,8 @@ fn the_guests_exit_status_is_credbridges_after_its_poweroff() {
     let script = format!(
         "{BOOT_257}|{SHUTDOWN_TARGETS}|EXIT_STATUS=3\\nX_SYSTEMD_SHUTDOWN=poweroff|@poweroff"
     );
-    let mut child = run_guest(&rig, &["--ready", "guest"], &script);
-    let st = wait_exit(&mut child, T);
-    let stderr = stderr_of(&mut child);
-    assert_eq!(st.code(), Some(3), "{stderr}");
+    let (code, stderr) = run_to_end(&rig, &["--ready", "guest"], &script);
+    assert_eq!(code, Some(3), "{stderr}");
     assert!(
         stderr.contains("exit status 3; exiting with it"),
         "{stderr}"
@@ -69,14 +74,12 @@ fn the_guests_exit_status_is_credbridges_after_its_poweroff() {
 fn an_exit_0_without_the_guests_shutdown_fails_the_unit() {
     let mut rig = Rig::new();
     rig.add_credential("k", b"vcpu-error-secret");
-    let mut child = run_guest(
+    let (code, stderr) = run_to_end(
         &rig,
         &["--ready", "guest"],
         &format!("{BOOT_257}|@vcpu-error"),
     );
-    let st = wait_exit(&mut child, T);
-    let stderr = stderr_of(&mut child);
-    assert_eq!(st.code(), Some(125), "{stderr}");
+    assert_eq!(code, Some(125), "{stderr}");
     assert!(
         stderr.contains("the VM stopped without the guest vm1 shutting down"),
         "{stderr}"
@@ -94,14 +97,12 @@ fn an_exit_0_without_the_guests_shutdown_fails_the_unit() {
 fn an_older_guests_exit_0_stays_exit_0() {
     let mut rig = Rig::new();
     rig.add_credential("k", b"old-guest-secret");
-    let mut child = run_guest(
+    let (code, stderr) = run_to_end(
         &rig,
         &["--ready", "guest"],
         &format!("{BOOT_252}|@vcpu-error"),
     );
-    let st = wait_exit(&mut child, T);
-    let stderr = stderr_of(&mut child);
-    assert_eq!(st.code(), Some(0), "{stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("without the guest"), "{stderr}");
 }
 
@@ -141,10 +142,8 @@ fn a_crash_loop_stops_the_vm_and_fails() {
     let mut rig = Rig::new();
     rig.add_credential("k", b"crash-loop-secret");
     let script = format!("{BOOT_257}|@crash|{BOOT_257}|@crash|{BOOT_257}|@crash|{BOOT_257}");
-    let mut child = run_guest(&rig, &["--ready", "guest"], &script);
-    let st = wait_exit(&mut child, T);
-    let stderr = stderr_of(&mut child);
-    assert_eq!(st.code(), Some(125), "{stderr}");
+    let (code, stderr) = run_to_end(&rig, &["--ready", "guest"], &script);
+    assert_eq!(code, Some(125), "{stderr}");
     assert_eq!(
         stderr
             .matches("guest vm1 crashed: the VM was reset")
@@ -182,14 +181,12 @@ fn a_crash_loop_stops_the_vm_and_fails() {
 fn a_guest_that_does_not_come_back_in_time_fails() {
     let mut rig = Rig::new();
     rig.add_credential("k", b"no-return-secret");
-    let mut child = run_guest(
+    let (code, stderr) = run_to_end(
         &rig,
         &["--ready", "guest", "--ready-timeout", "1s"],
         &format!("{BOOT_257}|@crash"),
     );
-    let st = wait_exit(&mut child, T);
-    let stderr = stderr_of(&mut child);
-    assert_eq!(st.code(), Some(125), "{stderr}");
+    assert_eq!(code, Some(125), "{stderr}");
     assert!(
         stderr.contains("the guest was not up again within 1s of the VM's reset"),
         "{stderr}"
@@ -238,10 +235,8 @@ fn ready_guest_target_waits_for_the_target() {
 fn ready_guest_target_is_refused_for_an_older_guest() {
     let mut rig = Rig::new();
     rig.add_credential("k", b"old-target-secret");
-    let mut child = run_guest(&rig, &["--ready", "guest:multi-user.target"], BOOT_252);
-    let st = wait_exit(&mut child, T);
-    let stderr = stderr_of(&mut child);
-    assert_eq!(st.code(), Some(125), "{stderr}");
+    let (code, stderr) = run_to_end(&rig, &["--ready", "guest:multi-user.target"], BOOT_252);
+    assert_eq!(code, Some(125), "{stderr}");
     assert!(stderr.contains("older than 256"), "{stderr}");
     assert!(stderr.contains("hint: use --ready guest"), "{stderr}");
     let msgs = rig.notify.messages();
@@ -277,7 +272,7 @@ fn invalid_guest_fields_reach_neither_status_nor_log() {
 fn a_silent_guest_is_named_in_the_ready_timeout() {
     let mut rig = Rig::new();
     rig.add_credential("k", b"silent-secret");
-    let mut child = run_guest(
+    let (code, stderr) = run_to_end(
         &rig,
         &[
             "--ready",
@@ -287,9 +282,7 @@ fn a_silent_guest_is_named_in_the_ready_timeout() {
         ],
         "",
     );
-    let st = wait_exit(&mut child, T);
-    let stderr = stderr_of(&mut child);
-    assert_eq!(st.code(), Some(125), "{stderr}");
+    assert_eq!(code, Some(125), "{stderr}");
     assert!(
         stderr.contains("not ready within 1s (--ready-timeout); the guest sent no notification at all (systemd before 253"),
         "{stderr}"
