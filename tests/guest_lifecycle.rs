@@ -22,11 +22,17 @@ const SHUTDOWN_TARGETS: &str =
 const BOOT_252: &str = "STATUS=Startup finished.|READY=1\\nSTATUS=Ready.";
 
 fn run_guest(rig: &Rig, flags: &[&str], script: &str) -> std::process::Child {
+    run_guest_gap(rig, flags, script, 10)
+}
+
+/// With `gap_ms` between the guest's messages and actions.
+fn run_guest_gap(rig: &Rig, flags: &[&str], script: &str, gap_ms: u64) -> std::process::Child {
     let mut a = rig.vm_args();
     a.extend(["--vsock".into(), "cid=3,socket=notify.vsock".into()]);
     let args: Vec<&str> = a.iter().map(String::as_str).collect();
     rig.command("run", flags, &args)
         .env("FAKE_CH_GUEST_NOTIFY", format!("8888:{script}"))
+        .env("FAKE_CH_GUEST_NOTIFY_GAP_MS", gap_ms.to_string())
         .spawn()
         .unwrap()
 }
@@ -141,8 +147,14 @@ fn a_guest_reboot_is_shown_and_the_guest_comes_back() {
 fn a_crash_loop_stops_the_vm_and_fails() {
     let mut rig = Rig::new();
     rig.add_credential("k", b"crash-loop-secret");
-    let script = format!("{BOOT_257}|@crash|{BOOT_257}|@crash|{BOOT_257}|@crash|{BOOT_257}");
-    let (code, stderr) = run_to_end(&rig, &["--ready", "guest"], &script);
+    // Each crash a double reset, as QEMU reports one, and boots that take over a second
+    // (lifecycle::RESET_MERGE): six messages 200 ms apart.
+    let script = format!(
+        "{BOOT_257}|@crash|@crash|{BOOT_257}|@crash|@crash|{BOOT_257}|@crash|@crash|{BOOT_257}"
+    );
+    let mut child = run_guest_gap(&rig, &["--ready", "guest"], &script, 200);
+    let code = wait_exit(&mut child, T).code();
+    let stderr = stderr_of(&mut child);
     assert_eq!(code, Some(125), "{stderr}");
     assert_eq!(
         stderr
