@@ -786,7 +786,10 @@ mod tests {
         assert_eq!(m.status.as_deref(), Some("xyz!"));
         let m = parse("ERRNO=5\u{2028}\nEXIT_STATUS=\u{85}3".as_bytes());
         assert_eq!(m.errno.as_deref(), Some("5"));
-        assert_eq!(m.exit_status.as_deref(), Some("3"));
+        // Since #14 EXIT_STATUS= is a number 0..=255 (systemd-shutdown's "%i"), so a control
+        // character makes it invalid rather than sanitized.
+        assert_eq!(m.exit_status, None);
+        assert_eq!(m.rejected, ["EXIT_STATUS"]);
         // Ordinary text outside ASCII stays.
         let m = parse("STATUS=Démarrage – 启动 ✓".as_bytes());
         assert_eq!(m.status.as_deref(), Some("Démarrage – 启动 ✓"));
