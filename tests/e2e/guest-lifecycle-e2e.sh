@@ -8,7 +8,8 @@
 # READY=1 after the target, `systemctl exit 3` makes credbridge exit 3, a `systemctl reboot`
 # shows in STATUS and the VM comes back ready, a kernel crash (sysrq c, panic=-1) is reported
 # as a crash and three of them fail the unit. Debian 12 (systemd 252, which sends nothing):
-# `--ready guest:TARGET` ends at --ready-timeout with the reason.
+# `--ready guest:TARGET` ends at --ready-timeout with the reason, and with --ready booted a crash
+# and a poweroff are treated as before.
 #
 # Needs vhost-device-vsock (rust-vmm; `cargo install vhost-device-vsock --locked`) on PATH or
 # in $VHOST_DEVICE_VSOCK: the hybrid-vsock backend of QEMU's vhost-user-vsock-pci. It maps a
@@ -300,6 +301,40 @@ if [ "$CB_RC" = 125 ] && ! grep -q '^READY=1' "$VM/notify.log" \
     pass "check 7: systemd 252: --ready guest:TARGET ends at --ready-timeout with the reason, exit 125, no READY=1"
 else
     fail "check 7: systemd 252: credbridge exited $CB_RC"; show
+fi
+stop_helpers
+
+# ------------------------------------------------------------ 4. systemd 252: the old rules
+echo "# bookworm (systemd 252): --ready booted, a crash, then systemctl poweroff"
+shells() { local n; n="$(grep -c "built-in shell" "$VM/serial.log" 2>/dev/null)" || true; echo "${n:-0}"; }
+wait_shell() { # N SECONDS: the Nth shell prompt on the console
+    local t=$((SECONDS + $2))
+    while [ "$(shells)" -lt "$1" ] && [ "$SECONDS" -lt "$t" ] && kill -0 "$CB" 2>/dev/null; do sleep 0.5; done
+    [ "$(shells)" -ge "$1" ]
+}
+start_vm old-rules bookworm --ready booted
+if wait_shell 1 "$(left)"; then
+    sleep 2
+    guest "echo c > /proc/sysrq-trigger"
+    if wait_shell 2 "$(left)" && grep -q "does not say which" "$VM/cb.err" \
+            && ! grep -qE "crashed: |crashed and is restarting" "$VM/cb.err"; then
+        pass "check 8: systemd 252: a crash is a reset like any other, not judged"
+    else
+        fail "check 8: systemd 252: the crash was not seen as a plain reset"; show
+    fi
+    sleep 2
+    # systemd 252 refuses `systemctl exit N` outside containers ("ExitCode can only be set for
+    # user service managers or in containers"); a poweroff it sends no word about.
+    guest "systemctl poweroff"
+    wait_cb 180
+    if [ "$CB_RC" = 0 ] && ! grep -q "without the guest" "$VM/cb.err"; then
+        pass "check 9: systemd 252: a poweroff the guest does not announce is QEMU's exit 0, as before"
+    else
+        fail "check 9: systemd 252: systemctl poweroff: credbridge exited $CB_RC"; show
+    fi
+else
+    fail "check 8: systemd 252: no shell on the console"; show
+    wait_cb 1
 fi
 stop_helpers
 
