@@ -255,8 +255,14 @@ impl<'a> Supervisor<'a> {
             .filter(|_| !foreign_relay)
             .map(|d| Instant::now() + d);
         let watchdog_half = env.watchdog_usec().map(|u| Duration::from_micros(u / 2));
-        let mut watchdog =
-            watchdog_half.map(|p| tokio::time::interval(p.max(Duration::from_millis(1))));
+        // The first ping after one period, not at once: QEMU's monitor is connected only after
+        // the QMP greeting, and a ping before it would be logged as a hypervisor that does not
+        // answer. systemd arms the watchdog at start, so the first WATCHDOG=1 at half its
+        // period is still in time.
+        let mut watchdog = watchdog_half.map(|p| {
+            let p = p.max(Duration::from_millis(1));
+            tokio::time::interval_at(Instant::now() + p, p)
+        });
         let ping_timeout = watchdog_half.unwrap_or(PING_TIMEOUT).min(PING_TIMEOUT);
         let mut ping_fut: Option<Boxed<Result<(), String>>> = None;
         let mut ping_failing = false;

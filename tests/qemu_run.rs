@@ -86,6 +86,31 @@ fn without_acpi_the_stop_goes_straight_to_quit() {
     assert!(stderr.contains("-no-acpi"), "{stderr}");
 }
 
+/// The rig under a real systemd showed a "does not answer" warning at every QEMU start: the
+/// first watchdog ping went out before QEMU's monitor was connected (#13).
+#[test]
+fn the_watchdog_does_not_ping_before_the_monitor_is_connected() {
+    let mut rig = Rig::new();
+    rig.add_credential("k", b"qemu-watchdog-secret");
+    let mut child = qemu_command(
+        &rig,
+        &["--stop-timeout", "1s"],
+        "qemu-system-x86_64".as_ref(),
+        &[],
+    )
+    .env("WATCHDOG_USEC", "2000000")
+    .spawn()
+    .unwrap();
+    rig.notify.wait_for("READY=1", T).expect("READY=1");
+    rig.notify
+        .wait_for("WATCHDOG=1", Duration::from_secs(10))
+        .expect("WATCHDOG=1 once QEMU answers");
+    signal(&child, Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut child, T).code(), Some(0));
+    let stderr = stderr_of(&mut child);
+    assert!(!stderr.contains("does not answer"), "{stderr}");
+}
+
 #[test]
 fn qemu_gets_the_strings_in_memfds_and_stops_through_its_monitor() {
     assert!(
