@@ -706,6 +706,11 @@ in
           # SIGKILL 10 s after SIGTERM; QEMU: SIGTERM 5 s after quit, SIGKILL
           # 10 s after that) + 5 s margin.
           TimeoutStopSec = "${toString (vm.stopTimeout + (if isQemu then 20 else 15))}s";
+          # The template's Restart=always would retry a refused start (usage
+          # error 2, or 125: a credential over a limit, one missing) every 5 s
+          # forever; nothing changes between tries, so stop and show the error.
+          # Found by the real-systemd rig (#13); units/ ship the same line.
+          RestartPreventExitStatus = "2 125";
         }
         // lib.optionalAttrs (vm.readyTimeout != null) {
           # Above --ready-timeout, so that credbridge reports the failure.
