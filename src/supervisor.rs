@@ -670,7 +670,14 @@ impl<'a> Supervisor<'a> {
                 _ if self.stop != Stop::Running => tracing::info!("{msg}"),
                 _ => tracing::warn!("{msg}"),
             }
-            self.notify.status(&format!("{name} exited with {how}"));
+            let status = match ours {
+                // The unit's exit status is the guest's: say so where `systemctl status` shows it.
+                End::Code(n) if ours != end => {
+                    format!("{name} exited with {how}; the guest powered off with exit status {n}")
+                }
+                _ => format!("{name} exited with {how}"),
+            };
+            self.notify.status(&status);
         } else if let Some(failure) = &self.failure {
             // The stop that followed the failure sent its own STATUS= lines; the last word is
             // the failure's, so that `systemctl status` shows why (#11).
