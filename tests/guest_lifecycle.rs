@@ -73,7 +73,11 @@ fn the_guests_exit_status_is_credbridges_after_its_poweroff() {
         "{msgs:?}"
     );
     // The last STATUS= is what `systemctl status` keeps: it names the code the unit exits with.
-    let last = msgs.iter().rev().find(|m| m.starts_with("STATUS=")).unwrap();
+    let last = msgs
+        .iter()
+        .rev()
+        .find(|m| m.starts_with("STATUS="))
+        .unwrap();
     assert!(
         last.ends_with("the guest powered off with exit status 3"),
         "{msgs:?}"
