@@ -176,19 +176,10 @@ boot() {
             timeout --kill-after=10 "$BOOT_TIMEOUT" \
             "$CREDBRIDGE" run --ready booted "$@" -- qemu-system-x86_64 "${args[@]}" \
             </dev/null >"$W/run.out" 2>"$W/run.err" &
-        local tpid=$! cb="" q=""
+        local tpid=$!
         # QEMU's command line as every local user sees it (timeout -> credbridge -> QEMU).
         CMDLINE="$W/cmdline-$r-$label"
-        : >"$CMDLINE"
-        for _ in $(seq 200); do
-            [ -n "$cb" ] || cb="$(ps -o pid= --ppid "$tpid" | head -1 | tr -d ' ')"
-            [ -n "$cb" ] && q="$(ps -o pid= --ppid "$cb" | head -1 | tr -d ' ')"
-            if [ -n "$q" ] && tr '\0' '\n' <"/proc/$q/cmdline" >"$CMDLINE" 2>/dev/null && [ -s "$CMDLINE" ]; then
-                break
-            fi
-            kill -0 "$tpid" 2>/dev/null || break
-            sleep 0.05
-        done
+        e2e_child_cmdline "$tpid" "$CMDLINE"
         wait "$tpid"
         RC=$?
     else

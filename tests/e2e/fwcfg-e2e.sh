@@ -95,7 +95,7 @@ fi
 boot() {
     local r="$1" machine="$2" set="$3" label="$4" t0 serial="$W/serial-$label" args=() a
     REPORT="$W/report-$label" CMDLINE="$W/cmdline-$label"
-    : >"$serial"; : >"$REPORT"; : >"$CMDLINE"
+    : >"$serial"; : >"$REPORT"
     while IFS= read -r a; do args+=("$a"); done < <("$E2E_DIR/guest-args.sh" --release "$r" --serial "file:$serial")
     [ ${#args[@]} -gt 0 ] || { RC=99; return; }
     # guest-args.sh boots -machine pc; the same guest boots on microvm (PVH
@@ -115,16 +115,8 @@ boot() {
     CREDENTIALS_DIRECTORY="$W/creds/$set" timeout --kill-after=10 "$BOOT_TIMEOUT" \
         "$CREDBRIDGE" run --ready spawn -- qemu-system-x86_64 "${args[@]}" \
         </dev/null >"$W/run.out" 2>"$W/run.err" &
-    local tpid=$! cb="" q=""
-    for _ in $(seq 200); do
-        [ -n "$cb" ] || cb="$(ps -o pid= --ppid "$tpid" | head -1 | tr -d ' ')"
-        [ -n "$cb" ] && q="$(ps -o pid= --ppid "$cb" | head -1 | tr -d ' ')"
-        if [ -n "$q" ] && tr '\0' '\n' <"/proc/$q/cmdline" >"$CMDLINE" 2>/dev/null && [ -s "$CMDLINE" ]; then
-            break
-        fi
-        kill -0 "$tpid" 2>/dev/null || break
-        sleep 0.05
-    done
+    local tpid=$!
+    e2e_child_cmdline "$tpid" "$CMDLINE"
     wait "$tpid"
     RC=$?
     BOOT_SECS=$(secs_since "$t0")

@@ -145,3 +145,50 @@ e2e_judge_4k() {
         echo "# $r: 4 KiB: systemd $ver ($summary)"
     fi
 }
+
+# Initramfs building, shared by vhost-vsock-e2e.sh and tests/systemd/rig.sh.
+# /lib, /lib64, /bin, /sbin map to /usr/...: the trees built are merged-usr
+# (lib -> usr/lib), like the host they are copied from.
+e2e_usr_path() { case "$1" in /lib/*|/lib64/*|/bin/*|/sbin/*) echo "/usr$1" ;; *) echo "$1" ;; esac; }
+
+# e2e_copy_elf ROOT FILE [DEST [HAVE]]: FILE into ROOT (as DEST) with every
+# library ldd names for it, except those HAVE lists (paths without the leading
+# "/", one a line: what the guest's own initramfs already holds, by real path
+# or by the path ldd names).
+e2e_copy_elf() {
+    local root="$1" src="$2" dest="${3:-$2}" have="${4:-}" lib libs p
+    install -D -m 0755 "$src" "$root$(e2e_usr_path "$dest")" || return 1
+    libs="$(ldd "$src" 2>&1)"
+    if grep -q 'not found' <<<"$libs"; then echo "$libs" >&2; return 1; fi
+    while read -r lib; do
+        if [ -n "$have" ]; then
+            p="$(e2e_usr_path "$(readlink -f "$lib")")"
+            grep -qxF "${p#/}" "$have" && continue
+        fi
+        p="$(e2e_usr_path "$lib")"
+        if [ -n "$have" ]; then grep -qxF "${p#/}" "$have" && continue; fi
+        [ -e "$root$p" ] || install -D -m 0755 "$lib" "$root$p" || return 1
+    done < <(awk '/=> \// { print $3 } /^[[:space:]]+\// { print $1 }' <<<"$libs")
+}
+
+# e2e_make_cpio DIR OUT: an uncompressed newc cpio of DIR, owned by root, names
+# without "./", in a stable order.
+e2e_make_cpio() { (cd "$1" && find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$2"; }
+
+# e2e_child_cmdline PID OUT: the command line (one argument a line) of PID's
+# grandchild (timeout -> credbridge -> hypervisor) as every local user sees it
+# in /proc, polled for up to 10 s or until PID exits. OUT stays empty when the
+# grandchild never appeared.
+e2e_child_cmdline() {
+    local tpid="$1" out="$2" cb="" q=""
+    : >"$out"
+    for _ in $(seq 200); do
+        [ -n "$cb" ] || cb="$(ps -o pid= --ppid "$tpid" | head -1 | tr -d ' ')"
+        [ -n "$cb" ] && q="$(ps -o pid= --ppid "$cb" | head -1 | tr -d ' ')"
+        if [ -n "$q" ] && tr '\0' '\n' <"/proc/$q/cmdline" >"$out" 2>/dev/null && [ -s "$out" ]; then
+            return 0
+        fi
+        kill -0 "$tpid" 2>/dev/null || return 0
+        sleep 0.05
+    done
+}

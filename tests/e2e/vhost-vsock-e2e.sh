@@ -127,7 +127,7 @@ KVER="$(sed -n 's/^kernel=//p' "$E2E_CACHE/$GUEST/info")"
 # Everything in the initramfs parts except credbridge comes from this script,
 # the kernel .deb and the host's packages, so they make the key.
 OUT="$E2E_CACHE/vhost-vsock"
-KEY="$( (sha256sum <"${BASH_SOURCE[0]}"; basename "$KDEB"; sha256sum <"$KERNEL"
+KEY="$( (cat "${BASH_SOURCE[0]}" "$E2E_DIR/lib.sh" | sha256sum; basename "$KDEB"; sha256sum <"$KERNEL"
          dpkg-query -W -f='${Package} ${Version}\n' qemu-system-x86 qemu-system-data seabios \
              socat busybox-static libc6 2>/dev/null) | sha256sum | cut -c1-32)"
 mkdir -p "$OUT"
@@ -141,19 +141,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-# Map /lib, /lib64, /bin, /sbin to /usr/...: the trees below are merged-usr
-# (lib -> usr/lib), like the host they are copied from.
-usr_path() { case "$1" in /lib/*|/lib64/*|/bin/*|/sbin/*) echo "/usr$1" ;; *) echo "$1" ;; esac; }
-# copy_elf ROOT FILE [DEST]: FILE and every library ldd names for it.
-copy_elf() {
-    local root="$1" src="$2" dest="${3:-$2}" lib libs
-    install -D -m 0755 "$src" "$root$(usr_path "$dest")" || return 1
-    libs="$(ldd "$src" 2>&1)"
-    if grep -q 'not found' <<<"$libs"; then echo "$libs" >&2; return 1; fi
-    while read -r lib; do
-        [ -e "$root$(usr_path "$lib")" ] || install -D -m 0755 "$lib" "$root$(usr_path "$lib")" || return 1
-    done < <(awk '/=> \// { print $3 } /^[[:space:]]+\// { print $1 }' <<<"$libs")
-}
 new_root() {
     local r="$1"
     mkdir -p "$r"/{bin,dev,proc,sys,run,tmp,mod,etc,usr/bin,usr/lib,usr/lib64}
@@ -161,8 +148,6 @@ new_root() {
     ln -s usr/lib64 "$r/lib64"
     cp "$BUSYBOX" "$r/bin/busybox"
 }
-# An uncompressed newc cpio, owned by root, names without "./".
-make_cpio() { (cd "$1" && find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$2"; }
 
 L1_MODULES="vhost_iotlb vhost vsock vmw_vsock_virtio_transport_common vhost_vsock vsock_loopback"
 L2_MODULES="virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport"
@@ -505,16 +490,16 @@ build_parts() {
     new_root "$l2"
     for m in $L2_MODULES; do put_module "$l2" "$m" || return 1; done
     echo "$L2_MODULES" >"$l2/mod/order"
-    copy_elf "$l2" "$SOCAT_BIN" || return 1
+    e2e_copy_elf "$l2" "$SOCAT_BIN" || return 1
     write_l2_init "$l2/init"
-    make_cpio "$l2" "$b/l2-initrd.cpio" || return 1
+    e2e_make_cpio "$l2" "$b/l2-initrd.cpio" || return 1
 
     new_root "$l1"
     for m in $L1_MODULES; do put_module "$l1" "$m" || return 1; done
     echo "$L1_MODULES" >"$l1/mod/order"
-    copy_elf "$l1" "$SOCAT_BIN" || return 1
-    copy_elf "$l1" "$QEMU_BIN" /usr/bin/qemu-system-x86_64 || return 1
-    copy_elf "$l1" "$QEMU_MODDIR/accel-tcg-x86_64.so" || return 1
+    e2e_copy_elf "$l1" "$SOCAT_BIN" || return 1
+    e2e_copy_elf "$l1" "$QEMU_BIN" /usr/bin/qemu-system-x86_64 || return 1
+    e2e_copy_elf "$l1" "$QEMU_MODDIR/accel-tcg-x86_64.so" || return 1
     # QEMU looks for firmware in /usr/share/qemu; Debian keeps SeaBIOS elsewhere
     mkdir -p "$l1/usr/share/qemu" "$l1/l2"
     for f in /usr/share/seabios/bios-256k.bin /usr/share/qemu/linuxboot_dma.bin \
@@ -525,7 +510,7 @@ build_parts() {
     cp "$KERNEL" "$l1/l2/vmlinux"
     cp "$b/l2-initrd.cpio" "$l1/l2/initrd"
     write_l1_init "$l1/init"
-    make_cpio "$l1" "$b/l1-static.cpio" || return 1
+    e2e_make_cpio "$l1" "$b/l1-static.cpio" || return 1
 
     mv "$b/l1-static.cpio" "$b/l2-initrd.cpio" "$OUT/"
     echo "$KEY" >"$OUT/key"
@@ -551,7 +536,7 @@ exec 9>&-
 R="$W/run"
 mkdir -p "$R/etc"
 if [ "$RUNNER" = credbridge ]; then
-    copy_elf "$R" "$CREDBRIDGE" /usr/local/bin/credbridge || e2e_die "cannot copy $CREDBRIDGE and its libraries"
+    e2e_copy_elf "$R" "$CREDBRIDGE" /usr/local/bin/credbridge || e2e_die "cannot copy $CREDBRIDGE and its libraries"
     # a debug build is ~45 MB of which ~40 MB debug info, all unpacked into L1's RAM
     if command -v strip >/dev/null; then strip --strip-debug "$R/usr/local/bin/credbridge"; fi
 fi
@@ -563,7 +548,7 @@ CID=3
 PLAIN_PORT=9999
 READY_WAIT=$((TIMEOUT - 240))
 EOF
-make_cpio "$R" "$W/run.cpio" || e2e_die "cpio failed"
+e2e_make_cpio "$R" "$W/run.cpio" || e2e_die "cpio failed"
 cat "$OUT/l1-static.cpio" "$W/run.cpio" >"$W/l1.initrd"
 
 # ---------------------------------------------------------------- boot L1

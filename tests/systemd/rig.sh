@@ -74,22 +74,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-usr_path() { case "$1" in /lib/*|/lib64/*|/bin/*|/sbin/*) echo "/usr$1" ;; *) echo "$1" ;; esac; }
-# copy_elf LAYER BASELIST FILE [DEST]: FILE and the libraries it needs that the guest lacks
-copy_elf() {
-    local root="$1" base="$2" src="$3" dest="${4:-$3}" lib libs p
-    install -D -m 0755 "$src" "$root$(usr_path "$dest")" || return 1
-    libs="$(ldd "$src" 2>&1)"
-    if grep -q 'not found' <<<"$libs"; then echo "$libs" >&2; return 1; fi
-    while read -r lib; do
-        p="$(usr_path "$(readlink -f "$lib")")"
-        grep -qxF "${p#/}" "$base" && continue
-        p="$(usr_path "$lib")"
-        grep -qxF "${p#/}" "$base" && continue
-        [ -e "$root$p" ] || install -D -m 0755 "$lib" "$root$p" || return 1
-    done < <(awk '/=> \// { print $3 } /^[[:space:]]+\// { print $1 }' <<<"$libs")
-}
-make_cpio() { (cd "$1" && find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$2"; }
 
 # build_layer RELEASE NESTED DIR: the rig's files, over the cached guest
 build_layer() {
@@ -136,9 +120,9 @@ TTYReset=no
 TTYVHangup=no
 EOF
     if [ "$nested" = 1 ]; then
-        copy_elf "$L" "$base" "$(command -v qemu-system-x86_64)" /usr/bin/qemu-system-x86_64 || return 1
+        e2e_copy_elf "$L" "$(command -v qemu-system-x86_64)" /usr/bin/qemu-system-x86_64 "$base" || return 1
         f=/usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so
-        [ -f "$f" ] && { copy_elf "$L" "$base" "$f" || return 1; }
+        [ -f "$f" ] && { e2e_copy_elf "$L" "$f" "$f" "$base" || return 1; }
         mkdir -p "$L/usr/share/qemu" "$L/rig/l2"
         for f in /usr/share/seabios/bios-256k.bin /usr/share/qemu/linuxboot_dma.bin \
                  /usr/share/qemu/kvmvapic.bin /usr/share/qemu/pvh.bin; do
@@ -182,7 +166,7 @@ for R in "${RELEASES[@]}"; do
     L="$W/layer-$R"
     t0=$(date +%s.%N)
     rm -rf "$L"
-    if ! build_layer "$R" "$NESTED" "$L" || ! make_cpio "$L" "$W/layer.cpio"; then
+    if ! build_layer "$R" "$NESTED" "$L" || ! e2e_make_cpio "$L" "$W/layer.cpio"; then
         fail "$R: assembling the rig's layer"
         continue
     fi
