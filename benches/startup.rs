@@ -394,6 +394,18 @@ fn run_once(bins: &Bins, world: &mut World, variant: Variant) -> (Duration, Opti
     }
 }
 
+/// `credbridge run` of binary BIN: spawn → `READY=1`, and its memory then.
+fn start_to_ready(bin: &Path, world: &mut World, extra: &[&str]) -> (Duration, Mem) {
+    let mut cmd = world.credbridge_bin(bin, extra);
+    world.notify.drain();
+    let t0 = Instant::now();
+    let mut child = cmd.spawn().expect("spawn credbridge");
+    let (t, _) = world.notify.wait_ready();
+    let rss = memory(child.id());
+    stop(&mut child);
+    (t - t0, rss)
+}
+
 /// `vm:booted` → `READY=1` with api delivery.
 fn booted_to_ready(bins: &Bins, world: &mut World) -> Duration {
     let record = world.fresh("record");
@@ -667,6 +679,9 @@ fn main() {
         relay_bins.push((format!("baseline {rev}"), PathBuf::from(b)));
     }
     // guest_lat[binary][0: half-closing sender, 1: half-close never arrives]
+    // base_start[binary][0: api, 1: argv]: the start path with 10 credentials, every build.
+    let mut base_start: Vec<[Vec<Duration>; 2]> = vec![[Vec::new(), Vec::new()]; relay_bins.len()];
+    let mut base_rss: Vec<Vec<u64>> = vec![Vec::new(); relay_bins.len()];
     let mut guest_lat: Vec<[Vec<Duration>; 2]> = vec![[Vec::new(), Vec::new()]; relay_bins.len()];
 
     let mut worlds: Vec<World> = COUNTS.iter().map(|&n| World::new(&bins, n)).collect();
@@ -692,6 +707,19 @@ fn main() {
         let d = booted_to_ready(&bins, world);
         if round >= warmup {
             booted_ready.push(d);
+        }
+        if relay_bins.len() > 1 {
+            for (bi, (_, bin)) in relay_bins.iter().enumerate() {
+                for (di, extra) in [&[][..], &["--delivery", "argv"][..]].iter().enumerate() {
+                    let (d, rss) = start_to_ready(bin, world, extra);
+                    if round >= warmup {
+                        base_start[bi][di].push(d);
+                        if di == 0 {
+                            base_rss[bi].push(rss.rss);
+                        }
+                    }
+                }
+            }
         }
         for (bi, (_, bin)) in relay_bins.iter().enumerate().filter(|_| guest) {
             for (mi, half_close) in [true, false].into_iter().enumerate() {
@@ -885,6 +913,9 @@ fn main() {
     }
 
     print_table(&rows, rounds);
+    if relay_bins.len() > 1 {
+        print_start_vs_baseline(&relay_bins, base_start, &base_rss, rounds);
+    }
 
     if !guest {
         return;
@@ -1024,6 +1055,71 @@ fn print_relay_table(
     println!();
     println!(
         "guest notify relay: release builds, {rounds} rounds per latency, one flood each, all from one run"
+    );
+    println!();
+    print_rows(&rows);
+}
+
+/// The start path of this build beside the baseline's, measured round-robin in the same rounds:
+/// a restructure must not slow the path a unit waits on (#12).
+fn print_start_vs_baseline(
+    bins: &[(String, PathBuf)],
+    start: Vec<[Vec<Duration>; 2]>,
+    rss: &[Vec<u64>],
+    rounds: usize,
+) {
+    let mut head = vec!["measure, 10 credentials".to_owned()];
+    head.extend(bins.iter().map(|(name, _)| name.clone()));
+    head.push(format!("{} ÷ {}", bins[0].0, bins[1].0));
+    let mut rows: Vec<Vec<String>> = vec![head];
+    let st: Vec<[Stats; 2]> = start
+        .into_iter()
+        .map(|[a, b]| [stats(a), stats(b)])
+        .collect();
+    for (di, label) in [
+        "credbridge run, api delivery: spawn → READY=1, median [p10–p90]",
+        "credbridge run, argv delivery: spawn → READY=1, median [p10–p90]",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut r = vec![label.to_string()];
+        r.extend(st.iter().map(|s| spread(&s[di])));
+        r.push(format!(
+            "{:.2}×",
+            ratio(st[0][di].median, st.last().unwrap()[di].median)
+        ));
+        rows.push(r);
+    }
+    let medians: Vec<u64> = rss
+        .iter()
+        .map(|v| {
+            let mut v = v.clone();
+            v.sort_unstable();
+            v[v.len() / 2]
+        })
+        .collect();
+    let mut r = vec!["VmRSS after READY=1 (api delivery), median".to_owned()];
+    r.extend(medians.iter().map(|&k| mib(k)));
+    r.push(format!(
+        "{:.2}×",
+        medians[0] as f64 / *medians.last().unwrap() as f64
+    ));
+    rows.push(r);
+    let sizes: Vec<u64> = bins
+        .iter()
+        .map(|(_, b)| std::fs::metadata(b).map(|m| m.len()).unwrap_or(0))
+        .collect();
+    let mut r = vec!["binary size (release)".to_owned()];
+    r.extend(sizes.iter().map(|s| format!("{s} bytes")));
+    r.push(format!(
+        "{:.3}×",
+        sizes[0] as f64 / *sizes.last().unwrap() as f64
+    ));
+    rows.push(r);
+    println!();
+    println!(
+        "start path, this build beside the baseline: release builds, {rounds} rounds, round-robin in one run"
     );
     println!();
     print_rows(&rows);
