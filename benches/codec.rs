@@ -11,8 +11,8 @@ use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
-use credbridge::ch;
 use credbridge::credentials::{self, Credential, Secret, SecretBytes};
+use credbridge::hypervisor::cloud_hypervisor::cmdline as ch;
 use credbridge::oem::{self, CH_STRINGS_CEILING, Limits, OemString};
 
 /// 255 strings (the SMBIOS type 11 count limit) whose entry is 60 KiB: the largest round

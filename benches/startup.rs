@@ -38,7 +38,7 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use credbridge::events::EventParser;
+use credbridge::hypervisor::cloud_hypervisor::events::EventParser;
 
 #[path = "../tests/common/guest.rs"]
 mod guest;

@@ -390,7 +390,7 @@ mod tests {
     }
 
     fn limits(budget: usize) -> Limits {
-        crate::qemu::limits(budget)
+        crate::hypervisor::qemu::limits(budget)
     }
 
     const QEMU: Support = Support::Yes {

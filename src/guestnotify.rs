@@ -570,7 +570,7 @@ impl Inbox {
             let may_accept = self.paused_until.is_none() && self.reading.len() < self.limit;
             tokio::select! {
                 conn = self.relay.accept(), if may_accept => self.on_accept(conn),
-                _ = crate::backend::sleep_until(self.paused_until), if self.paused_until.is_some() => {
+                _ = crate::hypervisor::sleep_until(self.paused_until), if self.paused_until.is_some() => {
                     self.paused_until = None;
                 }
                 Some(done) = self.reading.join_next() => match done {

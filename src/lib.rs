@@ -2,22 +2,17 @@
 //! with the hypervisor supervised for systemd.
 #![deny(unsafe_code)]
 
-pub mod apiclient;
-pub mod apisocket;
-pub mod backend;
-pub mod ch;
 pub mod cli;
 pub mod credentials;
-pub mod events;
 pub mod fwcfg;
 pub mod guestnotify;
 pub mod hostenv;
+pub mod hypervisor;
 pub mod lifecycle;
 pub mod logging;
 pub mod notify;
 pub mod oem;
 pub mod plan;
-pub mod qemu;
 pub mod render;
 pub mod scrub;
 pub mod sockpath;

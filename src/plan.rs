@@ -10,10 +10,10 @@ use std::time::Duration;
 use serde_json::Value;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::ch::{self, ChArgv, Mode, SocketArg};
 use crate::cli::{Delivery, HypervisorKind, Ready, RunArgs};
 use crate::credentials::{self, CredentialError, SecretBytes};
 use crate::hostenv::HostEnv;
+use crate::hypervisor::cloud_hypervisor::cmdline::{self as ch, ChArgv, Mode, SocketArg};
 use crate::oem::{self, Limits, OemError, OemString, Origin};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,7 @@ pub enum PlanError {
     )]
     NoSmbios(&'static str),
     #[error("QEMU argv: {0}")]
-    QemuArgv(#[from] crate::qemu::ArgvError),
+    QemuArgv(#[from] crate::hypervisor::qemu::ArgvError),
     #[error(
         "{flag} applies to cloud-hypervisor only; QEMU always gets the OEM strings through sealed memfds (-smbios type=11,path=/dev/fd/N), never in argv\nhint: drop {flag}"
     )]
@@ -154,7 +154,7 @@ pub struct Plan {
 
 pub enum Target {
     Ch(ChArgv),
-    Qemu(crate::qemu::QemuArgv),
+    Qemu(crate::hypervisor::qemu::QemuArgv),
 }
 
 pub enum GuestNotifyPlan {
@@ -497,10 +497,13 @@ impl Plan {
                 flag: "--delivery argv",
             });
         }
-        let mut parsed = crate::qemu::parse_argv(user_args)?;
+        let mut parsed = crate::hypervisor::qemu::parse_argv(user_args)?;
         // QEMU's microvm machine has no SMBIOS tables (QEMU 7.2 accepts -smbios for it and
         // drops it; the guest kernel logs "DMI not present"), but it has fw_cfg.
-        let no_smbios = match (&parsed.machine, crate::qemu::args::default_machine(program)) {
+        let no_smbios = match (
+            &parsed.machine,
+            crate::hypervisor::qemu::args::default_machine(program),
+        ) {
             (Some(m), _) if m == "microvm" => Some(format!("-machine {m}")),
             (None, Some(m)) => {
                 parsed.machine = Some(m.to_owned());
@@ -590,7 +593,7 @@ impl Plan {
         } else {
             None
         };
-        let limits = crate::qemu::limits(args.smbios_budget);
+        let limits = crate::hypervisor::qemu::limits(args.smbios_budget);
         Self::check_limits(&[], &limits)?;
         // The argv's own -fw_cfg files take slots, and QEMU refuses a name given twice.
         for name in &parsed.fw_cfg_names {

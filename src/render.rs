@@ -144,7 +144,7 @@ pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
                 .add_vhost_vsock
                 .map(|cid| (cid, "<vhost-vsock>".to_owned()));
             let fw_cfg = fw_cfg_placeholders(plan, "");
-            let args = crate::qemu::child_args(
+            let args = crate::hypervisor::qemu::child_args(
                 &plan.user_args,
                 vsock,
                 q.machine.as_deref(),

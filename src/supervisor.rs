@@ -1,6 +1,6 @@
 //! Starts the hypervisor as a child and supervises it for systemd: readiness, guest
 //! notifications, watchdog, graceful stop, and the exit status. What is specific to a
-//! hypervisor lives in `backend`.
+//! hypervisor lives in `hypervisor`.
 
 use std::future::pending;
 use std::os::unix::process::ExitStatusExt;
@@ -12,11 +12,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use crate::apisocket::ApiSocketError;
-use crate::backend::{Backend, BackendEvent, Boxed, maybe, sleep_until};
 use crate::cli::{Delivery, Ready};
 use crate::guestnotify::{self, Bound, GuestMessage, Inbox, LogLimit, Relay};
 use crate::hostenv::HostEnv;
+use crate::hypervisor::cloud_hypervisor::apisocket::ApiSocketError;
+use crate::hypervisor::{Backend, BackendEvent, Boxed, maybe, sleep_until};
 use crate::lifecycle::{Effect, Lifecycle, Verdict};
 use crate::notify::Notifier;
 use crate::plan::{Plan, PlanError, Target};
@@ -176,7 +176,7 @@ impl<'a> Supervisor<'a> {
         env: &HostEnv,
         notify: &'a Notifier,
         backend: &'a mut Backend,
-        spawn: crate::backend::Spawn,
+        spawn: crate::hypervisor::Spawn,
         mut signals: Signals,
         guest: Option<Relay>,
     ) -> Result<Outcome, SuperviseError> {

@@ -1,6 +1,6 @@
 //! Every case of the cloud-hypervisor ground truth (`../shared/fixtures/cloud-hypervisor/
 //! argv-to-vmconfig.jsonl`, produced by CH 54's own argv code) run through
-//! `credbridge::ch::parse_argv`: accepted VMs must give CH's exact `vm.create` JSON, refused
+//! `credbridge::hypervisor::cloud_hypervisor::cmdline::parse_argv`: accepted VMs must give CH's exact `vm.create` JSON, refused
 //! command lines must be refused with an error that names the offending option.
 
 use std::collections::BTreeMap;
@@ -9,7 +9,9 @@ use std::fs;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
-use credbridge::ch::{ArgvError, ChArgv, Mode, SocketArg, parse_argv};
+use credbridge::hypervisor::cloud_hypervisor::cmdline::{
+    ArgvError, ChArgv, Mode, SocketArg, parse_argv,
+};
 use serde_json::Value;
 
 const FIXTURE_ROOT: &str = "/tmp/credbridge-fixture-root/";
@@ -321,8 +323,11 @@ fn mutated_fixture_argv_never_panics() {
             }
             // Only the absence of panics is checked; acceptance is the other test's business.
             let _ = parse_argv(&args);
-            let _ = credbridge::ch::platform_oem_strings(&args);
-            let _ = credbridge::ch::rewrite_platform(&args, &["io.systemd.credential:a=b"]);
+            let _ = credbridge::hypervisor::cloud_hypervisor::cmdline::platform_oem_strings(&args);
+            let _ = credbridge::hypervisor::cloud_hypervisor::cmdline::rewrite_platform(
+                &args,
+                &["io.systemd.credential:a=b"],
+            );
             runs += 1;
         }
     }

@@ -8,8 +8,8 @@ use std::ffi::OsString;
 use std::process::Stdio;
 use std::time::Duration;
 
+use credbridge::hypervisor::qemu::{self, Qmp, qmp::EventKind};
 use credbridge::oem::{OemString, Origin};
-use credbridge::qemu::{self, Qmp, qmp::EventKind};
 use tokio::io::AsyncReadExt;
 
 const QEMU: &str = "qemu-system-x86_64";
@@ -193,7 +193,7 @@ async fn commands_time_out_when_qemu_is_stopped() {
         .await
         .unwrap_err();
     assert!(
-        matches!(e, credbridge::qemu::QmpError::Timeout { .. }),
+        matches!(e, credbridge::hypervisor::qemu::QmpError::Timeout { .. }),
         "{e}"
     );
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();

@@ -1,4 +1,4 @@
-//! cloud-hypervisor's option grammar and argv translator (`credbridge::ch`).
+//! cloud-hypervisor's option grammar and argv translator (`credbridge::hypervisor::cloud_hypervisor::cmdline`).
 //!
 //! Input: the argv tokens after argv[0], separated by NUL bytes (any other bytes, UTF-8 or
 //! not, are token content). The corpus is seeded with every fixture argv
@@ -18,7 +18,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use credbridge::ch::{self, Mode};
+use credbridge::hypervisor::cloud_hypervisor::cmdline::{self as ch, Mode};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

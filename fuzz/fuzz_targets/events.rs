@@ -1,4 +1,4 @@
-//! cloud-hypervisor's event-monitor stream parser (`credbridge::events::EventParser`).
+//! cloud-hypervisor's event-monitor stream parser (`credbridge::hypervisor::cloud_hypervisor::events::EventParser`).
 //!
 //! Input: byte 0 is the number of cut points (mod 16), then two bytes per cut point, then the
 //! stream. The stream is fed whole, then in the pieces the cut points make, then (when at most 128 bytes)
@@ -11,7 +11,7 @@
 //! is an object or array that cannot end early, and the skip goes to the same blank line).
 #![no_main]
 
-use credbridge::events::{Event, EventParser};
+use credbridge::hypervisor::cloud_hypervisor::events::{Event, EventParser};
 use libfuzzer_sys::fuzz_target;
 
 /// Every event, and `Err(())` for each note about skipped garbage.

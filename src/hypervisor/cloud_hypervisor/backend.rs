@@ -11,13 +11,13 @@ use nix::fcntl::OFlag;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
-use super::{BackendEvent, Boxed, Spawn, maybe, sleep_until};
-use crate::apiclient::{ApiClient, ApiError};
-use crate::apisocket::{ApiSocket, ApiSocketError};
-use crate::ch::ChArgv;
 use crate::credentials::SecretBytes;
-use crate::events::{Event, EventParser};
 use crate::hostenv::HostEnv;
+use crate::hypervisor::cloud_hypervisor::apiclient::{ApiClient, ApiError};
+use crate::hypervisor::cloud_hypervisor::apisocket::{ApiSocket, ApiSocketError};
+use crate::hypervisor::cloud_hypervisor::cmdline::ChArgv;
+use crate::hypervisor::cloud_hypervisor::events::{Event, EventParser};
+use crate::hypervisor::{BackendEvent, Boxed, Spawn, maybe, sleep_until};
 use crate::plan::{ApiSource, FdNames, Plan};
 use crate::supervisor::SuperviseError;
 

@@ -13,6 +13,7 @@
 //!   kernel logs "DMI not present" (so [`parse_argv`] refuses it).
 
 pub mod args;
+pub mod backend;
 pub mod qmp;
 
 pub use args::{ArgvError, Launch, QemuArgv, child_args, is_qemu, launch, parse_argv};

@@ -11,7 +11,7 @@ use crate::hostenv::HostEnv;
 use crate::plan::{ChildArgs, Plan, Target};
 use crate::supervisor::SuperviseError;
 
-pub mod ch;
+pub mod cloud_hypervisor;
 pub mod qemu;
 
 pub type Boxed<T> = Pin<Box<dyn Future<Output = T>>>;
@@ -43,8 +43,8 @@ pub enum BackendEvent {
 // One backend exists per run, so boxing the larger variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum Backend {
-    Ch(ch::ChBackend),
-    Qemu(qemu::QemuBackend),
+    Ch(cloud_hypervisor::backend::ChBackend),
+    Qemu(qemu::backend::QemuBackend),
 }
 
 /// What the child needs: its arguments (after argv[0]) and the fds it keeps at their numbers.
@@ -58,11 +58,11 @@ impl Backend {
     pub fn prepare(plan: &Plan, env: &HostEnv) -> Result<(Backend, Spawn), SuperviseError> {
         match &plan.target {
             Target::Ch(argv) => {
-                let (b, spawn) = ch::ChBackend::prepare(plan, argv, env)?;
+                let (b, spawn) = cloud_hypervisor::backend::ChBackend::prepare(plan, argv, env)?;
                 Ok((Backend::Ch(b), spawn))
             }
             Target::Qemu(argv) => {
-                let (b, spawn) = qemu::QemuBackend::prepare(plan, argv)?;
+                let (b, spawn) = qemu::backend::QemuBackend::prepare(plan, argv)?;
                 Ok((Backend::Qemu(b), spawn))
             }
         }

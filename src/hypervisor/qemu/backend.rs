@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{BackendEvent, Boxed, Spawn, maybe, sleep_until};
+use crate::hypervisor::qemu::qmp::EventKind;
+use crate::hypervisor::qemu::{QemuArgv, Qmp, QmpError, QmpEvents};
+use crate::hypervisor::{BackendEvent, Boxed, Spawn, maybe, sleep_until};
 use crate::plan::{ChildArgs, Plan};
-use crate::qemu::qmp::EventKind;
-use crate::qemu::{QemuArgv, Qmp, QmpError, QmpEvents};
 use crate::supervisor::SuperviseError;
 
 /// QEMU answers its monitor within milliseconds once it runs; its start may take a while on a
@@ -48,8 +48,14 @@ impl QemuBackend {
             Some(cid) => Some((cid, crate::vsock::reserve_cid(cid)?)),
             None => None,
         };
-        let launch = crate::qemu::launch(&plan.user_args, argv, &plan.strings, &plan.fw_cfg, vhost)
-            .map_err(SuperviseError::Pipe)?;
+        let launch = crate::hypervisor::qemu::launch(
+            &plan.user_args,
+            argv,
+            &plan.strings,
+            &plan.fw_cfg,
+            vhost,
+        )
+        .map_err(SuperviseError::Pipe)?;
         tracing::debug!(
             "hypervisor argv: {}",
             plan.redact_args(&launch.args).join(" ")

@@ -224,7 +224,7 @@ impl Qmp {
         Ok((qmp, QmpEvents { rx }))
     }
 
-    /// [`Qmp::connect`] on a std socket, such as [`crate::qemu::Launch::qmp`].
+    /// [`Qmp::connect`] on a std socket, such as [`crate::hypervisor::qemu::Launch::qmp`].
     pub async fn connect_std(
         stream: std::os::unix::net::UnixStream,
         timeout: Duration,

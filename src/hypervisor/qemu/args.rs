@@ -80,7 +80,7 @@ pub enum ArgvError {
         path: PathBuf,
         kind: &'static str,
     },
-    #[error("-smbios {key}={} is {size} bytes; all of QEMU's SMBIOS tables together hold at most {max} bytes (QEMU refuses to start beyond)\nhint: name the right file", path.display(), max = crate::qemu::SMBIOS_TABLES_MAX)]
+    #[error("-smbios {key}={} is {size} bytes; all of QEMU's SMBIOS tables together hold at most {max} bytes (QEMU refuses to start beyond)\nhint: name the right file", path.display(), max = crate::hypervisor::qemu::SMBIOS_TABLES_MAX)]
     TooLarge {
         key: &'static str,
         path: PathBuf,
@@ -320,7 +320,7 @@ fn read_argv_file(key: &'static str, path: &Path) -> Result<SecretBytes, ArgvErr
             kind: file_kind(meta.file_type()),
         });
     }
-    let max = crate::qemu::SMBIOS_TABLES_MAX;
+    let max = crate::hypervisor::qemu::SMBIOS_TABLES_MAX;
     let too_large = |size| ArgvError::TooLarge {
         key,
         path: path.into(),
@@ -614,7 +614,7 @@ pub struct Launch {
     pub args: Vec<OsString>,
     /// One sealed memfd per string credbridge adds, in SMBIOS order. Close-on-exec here.
     pub memfds: Vec<OwnedFd>,
-    /// Credbridge's end of the QMP socketpair, for [`crate::qemu::qmp::Qmp::connect`].
+    /// Credbridge's end of the QMP socketpair, for [`crate::hypervisor::qemu::qmp::Qmp::connect`].
     pub qmp: UnixStream,
     /// The child's end of the QMP socketpair (`-chardev socket,fd=N`).
     pub qmp_child: OwnedFd,
@@ -892,7 +892,11 @@ mod tests {
         assert!(matches!(e, ArgvError::ReadPath { key: "file", .. }), "{e}");
         // Nothing larger than all of QEMU's SMBIOS tables is read, for either key.
         let big = dir.path().join("big");
-        std::fs::write(&big, vec![b'a'; crate::qemu::SMBIOS_TABLES_MAX + 1]).unwrap();
+        std::fs::write(
+            &big,
+            vec![b'a'; crate::hypervisor::qemu::SMBIOS_TABLES_MAX + 1],
+        )
+        .unwrap();
         for (arg, key) in [
             (format!("file={}", big.display()), "file"),
             (format!("type=11,path={}", big.display()), "type=11,path"),
@@ -905,7 +909,11 @@ mod tests {
             assert!(e.to_string().contains("65535"), "{e}");
         }
         let fits = dir.path().join("fits");
-        std::fs::write(&fits, vec![b'a'; crate::qemu::SMBIOS_TABLES_MAX]).unwrap();
+        std::fs::write(
+            &fits,
+            vec![b'a'; crate::hypervisor::qemu::SMBIOS_TABLES_MAX],
+        )
+        .unwrap();
         assert!(smbios(format!("file={}", fits.display())).is_ok());
     }
 

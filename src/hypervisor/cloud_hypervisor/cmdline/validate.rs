@@ -609,7 +609,7 @@ pub fn refused_at_create(config: &serde_json::Value) -> Result<()> {
 mod tests {
     use std::ffi::OsString;
 
-    use crate::ch::parse_argv;
+    use crate::hypervisor::cloud_hypervisor::cmdline::parse_argv;
 
     fn accepted(extra: &[&str]) -> Result<(), String> {
         let mut args: Vec<OsString> = vec!["--kernel".into(), "/k".into()];
