@@ -24,7 +24,6 @@ use tokio::net::UnixListener;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::plan::GuestNotifyPlan;
 use crate::sockpath::{self, Probe};
 use crate::vsock::{self, VsockError};
 
@@ -292,6 +291,18 @@ fn is_format_or_separator(c: char) -> bool {
 pub fn port_of(value: &str) -> Option<u32> {
     let rest = value.strip_prefix("vsock-stream:2:")?;
     rest.parse().ok()
+}
+
+/// Where the guest's notifications arrive, as the plan decided.
+pub enum GuestNotifyPlan {
+    /// cloud-hypervisor's hybrid vsock: a guest connection to host CID 2, port PORT, arrives
+    /// on the Unix socket `listen_path`, `<vsock socket>_PORT`.
+    Hybrid { listen_path: PathBuf },
+    /// QEMU's kernel vhost-vsock: an AF_VSOCK listener on the host, read only for connections
+    /// from `cid`. `port: None`: the kernel picks a free one at start, and
+    /// [`crate::plan::Plan::set_notify_port`] writes it into credbridge's `vmm.notify_socket`
+    /// string.
+    Vhost { cid: u32, port: Option<u32> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -570,7 +581,7 @@ impl Inbox {
             let may_accept = self.paused_until.is_none() && self.reading.len() < self.limit;
             tokio::select! {
                 conn = self.relay.accept(), if may_accept => self.on_accept(conn),
-                _ = crate::hypervisor::sleep_until(self.paused_until), if self.paused_until.is_some() => {
+                _ = crate::select::sleep_until(self.paused_until), if self.paused_until.is_some() => {
                     self.paused_until = None;
                 }
                 Some(done) = self.reading.join_next() => match done {

@@ -15,6 +15,7 @@ pub mod oem;
 pub mod plan;
 pub mod render;
 pub mod scrub;
+pub mod select;
 pub mod sockpath;
 pub mod supervisor;
 pub mod sys;

@@ -12,6 +12,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::cli::{Delivery, HypervisorKind, Ready, RunArgs};
 use crate::credentials::{self, CredentialError, SecretBytes};
+use crate::guestnotify::GuestNotifyPlan;
 use crate::hostenv::HostEnv;
 use crate::hypervisor::cloud_hypervisor::cmdline::{self as ch, ChArgv, Mode, SocketArg};
 use crate::oem::{self, Limits, OemError, OemString, Origin};
@@ -155,16 +156,6 @@ pub struct Plan {
 pub enum Target {
     Ch(ChArgv),
     Qemu(crate::hypervisor::qemu::QemuArgv),
-}
-
-pub enum GuestNotifyPlan {
-    /// cloud-hypervisor's hybrid vsock: a guest connection to host CID 2, port PORT, arrives
-    /// on the Unix socket `listen_path`, `<vsock socket>_PORT`.
-    Hybrid { listen_path: PathBuf },
-    /// QEMU's kernel vhost-vsock: an AF_VSOCK listener on the host, read only for connections
-    /// from `cid`. `port: None`: the kernel picks a free one at start, and
-    /// [`Plan::set_notify_port`] writes it into credbridge's `vmm.notify_socket` string.
-    Vhost { cid: u32, port: Option<u32> },
 }
 
 /// cloud-hypervisor's notify port when neither the argv nor `--notify-port` names one, as in

@@ -3,9 +3,10 @@
 use std::io::{self, Write};
 
 use crate::cli::Delivery;
+use crate::guestnotify::GuestNotifyPlan;
 use crate::oem::OemString;
 use crate::oem::{Form, Origin};
-use crate::plan::{FdNames, GuestNotifyPlan, Plan, Target};
+use crate::plan::{FdNames, Plan, Target};
 
 /// A string as `render` shows it: redacted, and with the notify port the kernel picks at
 /// start said in words rather than the widest port it is sized for.

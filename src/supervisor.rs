@@ -15,11 +15,11 @@ use zeroize::Zeroizing;
 use crate::cli::{Delivery, Ready};
 use crate::guestnotify::{self, Bound, GuestMessage, Inbox, LogLimit, Relay};
 use crate::hostenv::HostEnv;
-use crate::hypervisor::cloud_hypervisor::apisocket::ApiSocketError;
-use crate::hypervisor::{Backend, BackendEvent, Boxed, maybe, sleep_until};
+use crate::hypervisor::{Backend, BackendEvent, SetupError};
 use crate::lifecycle::{Effect, Lifecycle, Verdict};
 use crate::notify::Notifier;
-use crate::plan::{Plan, PlanError, Target};
+use crate::plan::{Plan, Target};
+use crate::select::{Boxed, maybe, sleep_until};
 use crate::sys;
 
 /// After SIGTERM, how long the hypervisor gets before SIGKILL.
@@ -40,11 +40,7 @@ const GUEST_STATUS_LOG_WINDOW: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum SuperviseError {
     #[error(transparent)]
-    ApiSocket(#[from] ApiSocketError),
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    #[error("cannot create the event monitor pipe: {0}")]
-    Pipe(std::io::Error),
+    Setup(#[from] SetupError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("cannot start {program}: {source}")]
@@ -56,8 +52,6 @@ pub enum SuperviseError {
     Wait(std::io::Error),
     #[error(transparent)]
     GuestNotify(#[from] guestnotify::GuestNotifyError),
-    #[error(transparent)]
-    Vsock(#[from] crate::vsock::VsockError),
 }
 
 /// How the hypervisor ended.

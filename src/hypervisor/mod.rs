@@ -2,19 +2,33 @@
 //! handed over, how boot and stop are observed and requested) behind one interface the
 //! supervisor drives.
 
-use std::future::{Future, pending};
 use std::os::fd::RawFd;
-use std::pin::Pin;
 use std::time::Duration;
 
 use crate::hostenv::HostEnv;
+use crate::plan::PlanError;
 use crate::plan::{ChildArgs, Plan, Target};
-use crate::supervisor::SuperviseError;
+use crate::select::Boxed;
+use crate::vsock::VsockError;
+use cloud_hypervisor::apisocket::ApiSocketError;
 
 pub mod cloud_hypervisor;
 pub mod qemu;
 
-pub type Boxed<T> = Pin<Box<dyn Future<Output = T>>>;
+/// What can stop a backend from preparing the child's world (sockets, pipes, fds). Its own
+/// type, not the supervisor's, so that the backends do not import the supervisor that drives
+/// them.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    ApiSocket(#[from] ApiSocketError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("cannot create the event monitor pipe: {0}")]
+    Pipe(std::io::Error),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
+}
 
 /// What a backend saw, for the supervisor to act on.
 #[derive(Debug)]
@@ -55,7 +69,7 @@ pub struct Spawn {
 
 impl Backend {
     /// Creates the sockets, pipes and fds the child will get. Nothing is spawned here.
-    pub fn prepare(plan: &Plan, env: &HostEnv) -> Result<(Backend, Spawn), SuperviseError> {
+    pub fn prepare(plan: &Plan, env: &HostEnv) -> Result<(Backend, Spawn), SetupError> {
         match &plan.target {
             Target::Ch(argv) => {
                 let (b, spawn) = cloud_hypervisor::backend::ChBackend::prepare(plan, argv, env)?;
@@ -120,19 +134,5 @@ impl Backend {
             Backend::Ch(b) => b.cleanup(),
             Backend::Qemu(b) => b.cleanup(),
         }
-    }
-}
-
-pub async fn maybe<T>(f: &mut Option<Boxed<T>>) -> T {
-    match f {
-        Some(f) => f.as_mut().await,
-        None => pending().await,
-    }
-}
-
-pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => pending().await,
     }
 }

@@ -17,9 +17,9 @@ use crate::hypervisor::cloud_hypervisor::apiclient::{ApiClient, ApiError};
 use crate::hypervisor::cloud_hypervisor::apisocket::{ApiSocket, ApiSocketError};
 use crate::hypervisor::cloud_hypervisor::cmdline::ChArgv;
 use crate::hypervisor::cloud_hypervisor::events::{Event, EventParser};
-use crate::hypervisor::{BackendEvent, Boxed, Spawn, maybe, sleep_until};
+use crate::hypervisor::{BackendEvent, SetupError, Spawn};
 use crate::plan::{ApiSource, FdNames, Plan};
-use crate::supervisor::SuperviseError;
+use crate::select::{Boxed, maybe, sleep_until};
 
 /// vm.create and vm.boot may prefault guest memory; be generous.
 const BOOT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -63,7 +63,7 @@ impl ChBackend {
         plan: &Plan,
         ch: &ChArgv,
         env: &HostEnv,
-    ) -> Result<(ChBackend, Spawn), SuperviseError> {
+    ) -> Result<(ChBackend, Spawn), SetupError> {
         let api = api_socket(plan, env)?;
         tracing::info!("API socket: {}", api.describe);
         // The event pipe exists before spawn because its write end is the child's
@@ -71,9 +71,9 @@ impl ChBackend {
         // on the read end means the hypervisor is gone.
         let (events_rx, events_tx) = if plan.own_event_monitor {
             let (r, w) =
-                nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| SuperviseError::Pipe(e.into()))?;
+                nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| SetupError::Pipe(e.into()))?;
             let rx =
-                tokio::net::unix::pipe::Receiver::from_owned_fd(r).map_err(SuperviseError::Pipe)?;
+                tokio::net::unix::pipe::Receiver::from_owned_fd(r).map_err(SetupError::Pipe)?;
             (Some(rx), Some(w))
         } else {
             (None, None)
@@ -86,7 +86,7 @@ impl ChBackend {
         for (i, item) in plan.fw_cfg.iter().enumerate() {
             fw_cfg_memfds.push(
                 crate::sys::sealed_memfd(&format!("credbridge-fwcfg-{i}"), item.expose())
-                    .map_err(SuperviseError::Pipe)?,
+                    .map_err(SetupError::Pipe)?,
             );
         }
         let mut keep_fds: Vec<RawFd> = vec![api.fd.as_raw_fd()];

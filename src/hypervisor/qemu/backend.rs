@@ -9,9 +9,9 @@ use tokio::time::Instant;
 
 use crate::hypervisor::qemu::qmp::EventKind;
 use crate::hypervisor::qemu::{QemuArgv, Qmp, QmpError, QmpEvents};
-use crate::hypervisor::{BackendEvent, Boxed, Spawn, maybe, sleep_until};
+use crate::hypervisor::{BackendEvent, SetupError, Spawn};
 use crate::plan::{ChildArgs, Plan};
-use crate::supervisor::SuperviseError;
+use crate::select::{Boxed, maybe, sleep_until};
 
 /// QEMU answers its monitor within milliseconds once it runs; its start may take a while on a
 /// loaded host (TCG, large memory).
@@ -42,7 +42,7 @@ pub struct QemuBackend {
 }
 
 impl QemuBackend {
-    pub fn prepare(plan: &Plan, argv: &QemuArgv) -> Result<(QemuBackend, Spawn), SuperviseError> {
+    pub fn prepare(plan: &Plan, argv: &QemuArgv) -> Result<(QemuBackend, Spawn), SetupError> {
         // The CID first: one another VM holds is refused before anything else exists.
         let vhost = match plan.add_vhost_vsock {
             Some(cid) => Some((cid, crate::vsock::reserve_cid(cid)?)),
@@ -55,17 +55,13 @@ impl QemuBackend {
             &plan.fw_cfg,
             vhost,
         )
-        .map_err(SuperviseError::Pipe)?;
+        .map_err(SetupError::Pipe)?;
         tracing::debug!(
             "hypervisor argv: {}",
             plan.redact_args(&launch.args).join(" ")
         );
-        launch
-            .qmp
-            .set_nonblocking(true)
-            .map_err(SuperviseError::Pipe)?;
-        let qmp_stream =
-            tokio::net::UnixStream::from_std(launch.qmp).map_err(SuperviseError::Pipe)?;
+        launch.qmp.set_nonblocking(true).map_err(SetupError::Pipe)?;
+        let qmp_stream = tokio::net::UnixStream::from_std(launch.qmp).map_err(SetupError::Pipe)?;
         Ok((
             QemuBackend {
                 memfds: launch.memfds,

@@ -6,10 +6,10 @@ use std::os::fd::RawFd;
 
 use serde::Serialize;
 
-use super::grammar::{Options, parse_integer_list};
-use super::vmconfig::{
+use super::common::{
     BUCKET_KEYS, PCI3, PCI4, PciCommon, RateLimiter, Result, grammar, invalid, options, required,
 };
+use super::grammar::{Options, parse_integer_list};
 
 #[derive(Serialize, Debug)]
 pub(crate) struct QueueAffinity {

@@ -6,6 +6,7 @@
 //! features, x86_64); `tests/ch_fixtures.rs` checks every case.
 
 mod argv;
+mod common;
 mod devices;
 mod grammar;
 mod validate;

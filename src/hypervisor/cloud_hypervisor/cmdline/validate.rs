@@ -6,7 +6,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-use super::vmconfig::{PciCommon, Result, VmConfig, invalid};
+use super::common::{PciCommon, Result, invalid};
+use super::vmconfig::VmConfig;
 
 const MAX_VCPUS: u32 = 8192;
 const MAX_PCI_SEGMENTS: u16 = 96;
