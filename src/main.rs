@@ -5,8 +5,8 @@ use clap::Parser;
 
 use credbridge::cli::{Cli, Command, LogLevel};
 use credbridge::hostenv::HostEnv;
+use credbridge::hypervisor;
 use credbridge::notify::Notifier;
-use credbridge::plan::Plan;
 use credbridge::supervisor::{self, End};
 use credbridge::{EXIT_FAILURE, logging, render, sys};
 
@@ -56,17 +56,18 @@ fn main() {
 fn run(command: &Command, env: &HostEnv, notify: &Notifier) -> anyhow::Result<End> {
     match command {
         Command::Render(args) => {
-            let plan = Plan::build(args, env)?;
-            render::render(&plan, &mut std::io::stdout().lock()).context("writing to stdout")?;
+            let (plan, target) = hypervisor::plan(args, env)?;
+            render::render(&plan, &target, &mut std::io::stdout().lock())
+                .context("writing to stdout")?;
             Ok(End::Code(0))
         }
         Command::Run(args) => {
-            let plan = Plan::build(args, env)?;
+            let (plan, target) = hypervisor::plan(args, env)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the event loop")?;
-            let outcome = runtime.block_on(supervisor::run(plan, env, notify))?;
+            let outcome = runtime.block_on(supervisor::run(plan, target, env, notify))?;
             Ok(exit_after(outcome.failure.is_some(), outcome.end))
         }
     }

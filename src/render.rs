@@ -2,11 +2,11 @@
 
 use std::io::{self, Write};
 
-use crate::cli::Delivery;
 use crate::guestnotify::GuestNotifyPlan;
+use crate::hypervisor::Target;
 use crate::oem::OemString;
 use crate::oem::{Form, Origin};
-use crate::plan::{FdNames, Plan, Target};
+use crate::plan::Plan;
 
 /// A string as `render` shows it: redacted, and with the notify port the kernel picks at
 /// start said in words rather than the widest port it is sized for.
@@ -26,15 +26,6 @@ fn shown(plan: &Plan, s: &OemString) -> String {
     }
 }
 
-/// (fw_cfg name, `{prefix}<fw_cfg-N>`) per fw_cfg credential: the memfds exist only in `run`.
-fn fw_cfg_placeholders(plan: &Plan, prefix: &str) -> Vec<(String, String)> {
-    plan.fw_cfg
-        .iter()
-        .enumerate()
-        .map(|(i, item)| (item.name(), format!("{prefix}<fw_cfg-{}>", i + 1)))
-        .collect()
-}
-
 fn shown_fw_cfg(plan: &Plan, item: &crate::fwcfg::FwCfgItem) -> String {
     let pending = matches!(
         plan.guest_notify,
@@ -47,26 +38,14 @@ fn shown_fw_cfg(plan: &Plan, item: &crate::fwcfg::FwCfgItem) -> String {
     }
 }
 
-pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
-    let fds = FdNames {
-        api: "<api>".into(),
-        events: plan.own_event_monitor.then(|| "<events>".into()),
-    };
+pub fn render(plan: &Plan, target: &Target, out: &mut impl Write) -> io::Result<()> {
     writeln!(
         out,
         "hypervisor:   {} ({})",
         plan.hypervisor_name(),
         plan.program.to_string_lossy()
     )?;
-    let delivery = match (&plan.target, plan.delivery) {
-        (Target::Qemu(_), _) => {
-            "memfd (-smbios type=11,path=/dev/fd/N and -fw_cfg name=..,file=/dev/fd/N of sealed memfds; nothing secret in argv)"
-        }
-        (_, Delivery::Api) => {
-            "api (PUT vm.create on the private API socket; nothing secret in argv)"
-        }
-        (_, Delivery::Argv) => "argv (--platform oem_strings=[...]; visible in the process list)",
-    };
+    let delivery = target.describe_delivery();
     writeln!(out, "delivery:     {delivery}")?;
     writeln!(out, "credentials:  {}", plan.credential_count)?;
     writeln!(
@@ -133,57 +112,7 @@ pub fn render(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
             )?;
         }
     }
-    let args = match &plan.target {
-        Target::Ch(ch) => plan
-            .redacted_child_args(ch, &fds)
-            .map_err(|e| io::Error::other(e.to_string()))?,
-        Target::Qemu(q) => {
-            // Placeholders: the memfds and the QMP socket exist only in `run`.
-            let added = plan.strings.iter().filter(|s| !s.is_from_argv()).count();
-            let memfds: Vec<String> = (1..=added).map(|i| format!("<oem-{i}>")).collect();
-            let vsock = plan
-                .add_vhost_vsock
-                .map(|cid| (cid, "<vhost-vsock>".to_owned()));
-            let fw_cfg = fw_cfg_placeholders(plan, "");
-            let args = crate::hypervisor::qemu::child_args(
-                &plan.user_args,
-                vsock,
-                q.machine.as_deref(),
-                &memfds,
-                &fw_cfg,
-                "<qmp>".to_owned(),
-            );
-            plan.redact_args(&args)
-        }
-    };
-    writeln!(out, "argv:")?;
-    writeln!(out, "  {} {}", plan.argv0.to_string_lossy(), args.join(" "))?;
-    if let Some(create) = &plan.create {
-        let fw_cfg = fw_cfg_placeholders(plan, "/proc/self/fd/");
-        if !fw_cfg.is_empty() {
-            writeln!(
-                out,
-                "GET /api/v1/vmm.ping: the build's features must include fw_cfg, else nothing is sent"
-            )?;
-        }
-        writeln!(out, "PUT /api/v1/vm.create:")?;
-        for line in create.redacted_json(&plan.strings, &fw_cfg).lines() {
-            writeln!(out, "  {line}")?;
-        }
-        for (net, fds) in &create.add_nets {
-            writeln!(
-                out,
-                "PUT /api/v1/vm.add-net with fds {fds:?} as SCM_RIGHTS: {net}"
-            )?;
-        }
-        for (dev, fd) in &create.add_devices {
-            writeln!(
-                out,
-                "PUT /api/v1/vm.add-device with fd {fd} as SCM_RIGHTS: {dev}"
-            )?;
-        }
-        writeln!(out, "PUT /api/v1/vm.boot")?;
-    }
+    target.render_launch(plan, out)?;
     for w in &plan.warnings {
         writeln!(out, "warning: {w}")?;
     }

@@ -12,13 +12,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use crate::cli::{Delivery, Ready};
+use crate::cli::Ready;
 use crate::guestnotify::{self, Bound, GuestMessage, Inbox, LogLimit, Relay};
 use crate::hostenv::HostEnv;
+use crate::hypervisor::Target;
 use crate::hypervisor::{Backend, BackendEvent, SetupError};
 use crate::lifecycle::{Effect, Lifecycle, Verdict};
 use crate::notify::Notifier;
-use crate::plan::{Plan, Target};
+use crate::plan::Plan;
 use crate::select::{Boxed, maybe, sleep_until};
 use crate::sys;
 
@@ -101,6 +102,7 @@ impl Signals {
 
 pub async fn run(
     mut plan: Plan,
+    target: Target,
     env: &HostEnv,
     notify: &Notifier,
 ) -> Result<Outcome, SuperviseError> {
@@ -108,7 +110,8 @@ pub async fn run(
     let signals = Signals::new().map_err(SuperviseError::Signals)?;
     // Before the backend: with QEMU the port the kernel picks goes into an OEM string.
     let guest = bind_guest_relay(&mut plan, notify)?;
-    let (mut backend, spawn) = Backend::prepare(&plan, env)?;
+    let delivery = target.delivery();
+    let (mut backend, spawn) = Backend::prepare(&plan, target, env)?;
     // Said only now: a start refused in prepare (a vsock CID in use) never listened for real.
     if let Some(relay) = &guest {
         tracing::info!(
@@ -116,7 +119,17 @@ pub async fn run(
             relay.describe()
         );
     }
-    let result = Supervisor::start(plan, env, notify, &mut backend, spawn, signals, guest).await;
+    let result = Supervisor::start(
+        plan,
+        delivery,
+        env,
+        notify,
+        &mut backend,
+        spawn,
+        signals,
+        guest,
+    )
+    .await;
     backend.cleanup();
     result
 }
@@ -165,8 +178,10 @@ struct Supervisor<'a> {
 }
 
 impl<'a> Supervisor<'a> {
+    #[allow(clippy::too_many_arguments)]
     async fn start(
         plan: Plan,
+        delivery: &str,
         env: &HostEnv,
         notify: &'a Notifier,
         backend: &'a mut Backend,
@@ -181,11 +196,7 @@ impl<'a> Supervisor<'a> {
             "Starting {} with {n} credential{} ({} delivery)",
             plan.program.to_string_lossy(),
             if n == 1 { "" } else { "s" },
-            match (&plan.target, plan.delivery) {
-                (Target::Qemu(_), _) => "memfd",
-                (_, Delivery::Api) => "api",
-                (_, Delivery::Argv) => "argv",
-            }
+            delivery
         );
         tracing::info!("{status}");
         notify.status(&status);

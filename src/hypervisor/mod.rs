@@ -1,19 +1,123 @@
-//! Hypervisor backends: what differs between hypervisors (how the VM and its OEM strings are
-//! handed over, how boot and stop are observed and requested) behind one interface the
-//! supervisor drives.
+//! The interface between the neutral parts and the hypervisors. Each hypervisor is a wing,
+//! a folder here holding everything specific to it: its argv grammar, how it plans a run
+//! (`<wing>/plan.rs`), and how a run drives it (`<wing>/backend.rs`). The neutral modules
+//! see the wings only through this file:
+//!
+//! - [`plan`] picks the wing from the hypervisor's file name (or `--hypervisor`) and returns
+//!   the neutral [`Plan`] with the wing's own part, a [`Target`];
+//! - [`Target`] answers what `render` and the start status say about the wing;
+//! - [`Backend`] is what the supervisor drives: prepare the child's world, hand over the VM,
+//!   report boot and resets, press the power button, ping, quit, clean up.
+//!
+//! The dependency rule (tests/layout.rs): wings import neutral modules and this file, never
+//! each other; neutral modules never import a wing.
 
+use std::ffi::OsStr;
+use std::io::{self, Write};
 use std::os::fd::RawFd;
+use std::path::Path;
 use std::time::Duration;
 
+use crate::cli::{HypervisorKind, RunArgs};
 use crate::hostenv::HostEnv;
-use crate::plan::PlanError;
-use crate::plan::{ChildArgs, Plan, Target};
+use crate::plan::{ChildArgs, Plan};
 use crate::select::Boxed;
 use crate::vsock::VsockError;
 use cloud_hypervisor::apisocket::ApiSocketError;
 
 pub mod cloud_hypervisor;
 pub mod qemu;
+
+/// What the plan refuses, for whichever hypervisor: every message names its subject and,
+/// where the fix is known, a `hint:`.
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    #[error(
+        "cannot tell which hypervisor {0:?} is from its file name\nhint: pass --hypervisor cloud-hypervisor or --hypervisor qemu"
+    )]
+    UnknownHypervisor(String),
+    #[error(transparent)]
+    CloudHypervisor(#[from] cloud_hypervisor::ChPlanError),
+    #[error(transparent)]
+    Qemu(#[from] qemu::QemuPlanError),
+}
+
+/// The hypervisor's own part of a run's plan.
+pub enum Target {
+    CloudHypervisor(cloud_hypervisor::plan::ChPlan),
+    Qemu(qemu::plan::QemuPlan),
+}
+
+/// Turns the command line, the environment and the credentials into a checked plan: the
+/// neutral part and the hypervisor's own. Nothing is started, bound or created here.
+pub fn plan(args: &RunArgs, env: &HostEnv) -> Result<(Plan, Target), HypervisorError> {
+    let (program, user_args) = args
+        .command
+        .split_first()
+        .expect("clap requires HYPERVISOR");
+    Ok(match detect(program, args.hypervisor)? {
+        HypervisorKind::CloudHypervisor => {
+            let (plan, ch) = cloud_hypervisor::plan::ChPlan::build(args, env, program, user_args)?;
+            (plan, Target::CloudHypervisor(ch))
+        }
+        HypervisorKind::Qemu => {
+            let (plan, q) = qemu::plan::QemuPlan::build(args, env, program, user_args)?;
+            (plan, Target::Qemu(q))
+        }
+    })
+}
+
+/// Which hypervisor `program` is: `--hypervisor`, else its file name.
+fn detect(
+    program: &OsStr,
+    forced: Option<HypervisorKind>,
+) -> Result<HypervisorKind, HypervisorError> {
+    if let Some(k) = forced {
+        return Ok(k);
+    }
+    let name = Path::new(program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.starts_with("cloud-hypervisor") {
+        Ok(HypervisorKind::CloudHypervisor)
+    } else if name.starts_with("qemu-system-") || name == "qemu-kvm" {
+        Ok(HypervisorKind::Qemu)
+    } else {
+        Err(HypervisorError::UnknownHypervisor(
+            program.to_string_lossy().into_owned(),
+        ))
+    }
+}
+
+impl Target {
+    /// How the strings travel, in a word, for the start status.
+    pub fn delivery(&self) -> &'static str {
+        match self {
+            Target::CloudHypervisor(ch) => ch.delivery_word(),
+            Target::Qemu(_) => "memfd",
+        }
+    }
+
+    /// How the strings travel, for `render`.
+    pub fn describe_delivery(&self) -> &'static str {
+        match self {
+            Target::CloudHypervisor(ch) => ch.describe_delivery(),
+            Target::Qemu(_) => {
+                "memfd (-smbios type=11,path=/dev/fd/N and -fw_cfg name=..,file=/dev/fd/N of sealed memfds; nothing secret in argv)"
+            }
+        }
+    }
+
+    /// What `run` would start and send, for `render`: the child's argv and (cloud-hypervisor)
+    /// the API requests, every credential redacted and the fds named by placeholders.
+    pub fn render_launch(&self, plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
+        match self {
+            Target::CloudHypervisor(ch) => ch.render_launch(plan, out),
+            Target::Qemu(q) => q.render_launch(plan, out),
+        }
+    }
+}
 
 /// What can stop a backend from preparing the child's world (sockets, pipes, fds). Its own
 /// type, not the supervisor's, so that the backends do not import the supervisor that drives
@@ -23,7 +127,7 @@ pub enum SetupError {
     #[error(transparent)]
     ApiSocket(#[from] ApiSocketError),
     #[error(transparent)]
-    Plan(#[from] PlanError),
+    Plan(#[from] HypervisorError),
     #[error("cannot create the event monitor pipe: {0}")]
     Pipe(std::io::Error),
     #[error(transparent)]
@@ -69,14 +173,18 @@ pub struct Spawn {
 
 impl Backend {
     /// Creates the sockets, pipes and fds the child will get. Nothing is spawned here.
-    pub fn prepare(plan: &Plan, env: &HostEnv) -> Result<(Backend, Spawn), SetupError> {
-        match &plan.target {
-            Target::Ch(argv) => {
-                let (b, spawn) = cloud_hypervisor::backend::ChBackend::prepare(plan, argv, env)?;
+    pub fn prepare(
+        plan: &Plan,
+        target: Target,
+        env: &HostEnv,
+    ) -> Result<(Backend, Spawn), SetupError> {
+        match target {
+            Target::CloudHypervisor(ch) => {
+                let (b, spawn) = cloud_hypervisor::backend::ChBackend::prepare(plan, ch, env)?;
                 Ok((Backend::Ch(b), spawn))
             }
-            Target::Qemu(argv) => {
-                let (b, spawn) = qemu::backend::QemuBackend::prepare(plan, argv)?;
+            Target::Qemu(q) => {
+                let (b, spawn) = qemu::backend::QemuBackend::prepare(plan, q)?;
                 Ok((Backend::Qemu(b), spawn))
             }
         }

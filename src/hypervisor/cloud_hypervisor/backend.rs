@@ -11,14 +11,15 @@ use nix::fcntl::OFlag;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
+use super::create::CreatePlan;
+use super::plan::{ApiSource, ChPlan, FdNames};
 use crate::credentials::SecretBytes;
 use crate::hostenv::HostEnv;
 use crate::hypervisor::cloud_hypervisor::apiclient::{ApiClient, ApiError};
 use crate::hypervisor::cloud_hypervisor::apisocket::{ApiSocket, ApiSocketError};
-use crate::hypervisor::cloud_hypervisor::cmdline::ChArgv;
 use crate::hypervisor::cloud_hypervisor::events::{Event, EventParser};
-use crate::hypervisor::{BackendEvent, SetupError, Spawn};
-use crate::plan::{ApiSource, FdNames, Plan};
+use crate::hypervisor::{BackendEvent, HypervisorError, SetupError, Spawn};
+use crate::plan::Plan;
 use crate::select::{Boxed, maybe, sleep_until};
 
 /// vm.create and vm.boot may prefault guest memory; be generous.
@@ -41,12 +42,14 @@ pub struct ChBackend {
     info_fut: Option<Boxed<Result<bool, ApiError>>>,
     info_next: Option<Instant>,
     own_event_monitor: bool,
+    /// `vm.create` and the fd devices after it; `None` with argv delivery.
+    create: Option<CreatePlan>,
     /// The fw_cfg credentials' sealed memfds (#15): cloud-hypervisor opens its inherited copies
     /// as `/proc/self/fd/N` at vm.boot; ours close right after spawn.
     fw_cfg_memfds: Vec<OwnedFd>,
 }
 
-fn api_socket(plan: &Plan, env: &HostEnv) -> Result<ApiSocket, ApiSocketError> {
+fn api_socket(plan: &ChPlan, env: &HostEnv) -> Result<ApiSocket, ApiSocketError> {
     // Socket activation wins: the .socket unit owns the path and keeps it across our restarts.
     if let Some(s) = ApiSocket::from_activation(env, plan.api_socket_group_access)? {
         return Ok(s);
@@ -61,15 +64,15 @@ fn api_socket(plan: &Plan, env: &HostEnv) -> Result<ApiSocket, ApiSocketError> {
 impl ChBackend {
     pub fn prepare(
         plan: &Plan,
-        ch: &ChArgv,
+        ch: ChPlan,
         env: &HostEnv,
     ) -> Result<(ChBackend, Spawn), SetupError> {
-        let api = api_socket(plan, env)?;
+        let api = api_socket(&ch, env)?;
         tracing::info!("API socket: {}", api.describe);
         // The event pipe exists before spawn because its write end is the child's
         // `--event-monitor fd=`; our copy of that end is closed right after spawn so that EOF
         // on the read end means the hypervisor is gone.
-        let (events_rx, events_tx) = if plan.own_event_monitor {
+        let (events_rx, events_tx) = if ch.own_event_monitor {
             let (r, w) =
                 nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| SetupError::Pipe(e.into()))?;
             let rx =
@@ -92,12 +95,12 @@ impl ChBackend {
         let mut keep_fds: Vec<RawFd> = vec![api.fd.as_raw_fd()];
         keep_fds.extend(fw_cfg_memfds.iter().map(OwnedFd::as_raw_fd));
         keep_fds.extend(events_tx.as_ref().map(OwnedFd::as_raw_fd));
-        keep_fds.extend(plan.inherited_fds_for_child(ch));
-        if let Some((_, path)) = &plan.add_vsock {
+        keep_fds.extend(ch.inherited_fds_for_child());
+        if let Some((_, path)) = &ch.add_vsock {
             // cloud-hypervisor binds the vsock socket itself and fails on a leftover one.
             remove_stale_socket(path);
         }
-        let args = plan.child_args(ch, &fds)?;
+        let args = ch.child_args(plan, &fds).map_err(HypervisorError::from)?;
         // Redacted from the argv just built, not from a second one (argv delivery: a second
         // set of copies of every value).
         tracing::debug!("hypervisor argv: {}", plan.redact_args(&args.0).join(" "));
@@ -114,7 +117,8 @@ impl ChBackend {
                 boot_fut: None,
                 info_fut: None,
                 info_next: None,
-                own_event_monitor: plan.own_event_monitor,
+                own_event_monitor: ch.own_event_monitor,
+                create: ch.create,
                 fw_cfg_memfds,
             },
             Spawn { args, keep_fds },
@@ -138,7 +142,7 @@ impl ChBackend {
             .first()
             .zip(plan.choices.iter().find(|c| c.channel == "fw_cfg"))
             .map(|(item, c)| format!("{} goes over fw_cfg ({})", item.subject, c.reason));
-        match &plan.create {
+        match &self.create {
             Some(create) => {
                 let body = create.body(&plan.strings, &fw_cfg);
                 let nets: Vec<_> = create

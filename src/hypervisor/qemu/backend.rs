@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::plan::QemuPlan;
 use crate::hypervisor::qemu::qmp::EventKind;
-use crate::hypervisor::qemu::{QemuArgv, Qmp, QmpError, QmpEvents};
+use crate::hypervisor::qemu::{Qmp, QmpError, QmpEvents};
 use crate::hypervisor::{BackendEvent, SetupError, Spawn};
 use crate::plan::{ChildArgs, Plan};
 use crate::select::{Boxed, maybe, sleep_until};
@@ -42,9 +43,10 @@ pub struct QemuBackend {
 }
 
 impl QemuBackend {
-    pub fn prepare(plan: &Plan, argv: &QemuArgv) -> Result<(QemuBackend, Spawn), SetupError> {
+    pub fn prepare(plan: &Plan, q: QemuPlan) -> Result<(QemuBackend, Spawn), SetupError> {
+        let argv = &q.argv;
         // The CID first: one another VM holds is refused before anything else exists.
-        let vhost = match plan.add_vhost_vsock {
+        let vhost = match q.add_vhost_vsock {
             Some(cid) => Some((cid, crate::vsock::reserve_cid(cid)?)),
             None => None,
         };

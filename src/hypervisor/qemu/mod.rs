@@ -14,12 +14,57 @@
 
 pub mod args;
 pub mod backend;
+pub mod plan;
 pub mod qmp;
 
 pub use args::{ArgvError, Launch, QemuArgv, child_args, is_qemu, launch, parse_argv};
 pub use qmp::{Event, Qmp, QmpError, QmpEvents};
 
-use crate::oem::Limits;
+use crate::credentials::CredentialError;
+use crate::fwcfg::ChannelError;
+use crate::oem::{Limits, OemError};
+use crate::plan::PlanError;
+
+/// What QEMU's plan refuses besides what every plan refuses ([`PlanError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum QemuPlanError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("QEMU argv: {0}")]
+    QemuArgv(#[from] ArgvError),
+    #[error(
+        "{flag} applies to cloud-hypervisor only; QEMU always gets the OEM strings through sealed memfds (-smbios type=11,path=/dev/fd/N), never in argv\nhint: drop {flag}"
+    )]
+    NotForQemu { flag: &'static str },
+    #[error(
+        "--ready guest needs a vsock device for the guest's notifications, and the QEMU argv has no vhost-vsock device{user}\nhint: pass --vsock-cid CID (credbridge adds -device vhost-vsock-pci and reserves the CID), or add -device vhost-vsock-pci,guest-cid=CID to the argv",
+        user = if *.vhost_user { " but a vhost-user-vsock device, whose host side is a user-space backend's Unix socket\nhint: pass --vsock-uds with that backend's hybrid-vsock socket (vhost-device-vsock's uds-path)" } else { "" }
+    )]
+    QemuNoVsock { vhost_user: bool },
+    #[error(
+        "-device {driver}: {what}; QEMU needs a guest-cid of 3 to 4294967294, and credbridge needs it to tell the guest's connections from other VMs'\nhint: add guest-cid=CID, unique on this host (microvm.nix: microvm.vsock.cid)",
+        what = match .cid { None => "no numeric guest-cid".to_owned(), Some(c) => format!("guest-cid={c} is not a guest CID") }
+    )]
+    QemuVsockCid { driver: String, cid: Option<u64> },
+}
+
+impl From<CredentialError> for QemuPlanError {
+    fn from(e: CredentialError) -> Self {
+        Self::Plan(e.into())
+    }
+}
+
+impl From<OemError> for QemuPlanError {
+    fn from(e: OemError) -> Self {
+        Self::Plan(e.into())
+    }
+}
+
+impl From<ChannelError> for QemuPlanError {
+    fn from(e: ChannelError) -> Self {
+        Self::Plan(e.into())
+    }
+}
 
 /// The SMBIOS 2.1 entry point's structure table length is a u16; QEMU 7.2 exits rather than
 /// write a larger table.
