@@ -19,3 +19,13 @@ pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         None => pending().await,
     }
 }
+
+/// The next tick of an optional interval; pending forever without one.
+pub async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => pending().await,
+    }
+}

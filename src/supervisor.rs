@@ -16,11 +16,11 @@ use crate::cli::Ready;
 use crate::guestnotify::{self, Bound, GuestMessage, Inbox, LogLimit, Relay};
 use crate::hostenv::HostEnv;
 use crate::hypervisor::Target;
-use crate::hypervisor::{Backend, BackendEvent, SetupError};
+use crate::hypervisor::{Backend, BackendEvent, SetupError, Spawn};
 use crate::lifecycle::{Effect, Lifecycle, Verdict};
 use crate::notify::Notifier;
 use crate::plan::Plan;
-use crate::select::{Boxed, maybe, sleep_until};
+use crate::select::{Boxed, maybe, sleep_until, tick};
 use crate::sys;
 
 /// After SIGTERM, how long the hypervisor gets before SIGKILL.
@@ -100,6 +100,8 @@ impl Signals {
     }
 }
 
+/// The lifecycle: prepare the child's world, start the hypervisor, supervise it until it
+/// exits, clean up. Errors here are credbridge's own; the hypervisor's end is the `Outcome`.
 pub async fn run(
     mut plan: Plan,
     target: Target,
@@ -110,6 +112,8 @@ pub async fn run(
     let signals = Signals::new().map_err(SuperviseError::Signals)?;
     // Before the backend: with QEMU the port the kernel picks goes into an OEM string.
     let guest = bind_guest_relay(&mut plan, notify)?;
+    // A relay the argv promised that another process serves: readiness is not ours to time.
+    let foreign_relay = plan.guest_notify.is_some() && guest.is_none();
     let delivery = target.delivery();
     let (mut backend, spawn) = Backend::prepare(&plan, target, env)?;
     // Said only now: a start refused in prepare (a vsock CID in use) never listened for real.
@@ -119,19 +123,71 @@ pub async fn run(
             relay.describe()
         );
     }
-    let result = Supervisor::start(
-        plan,
-        delivery,
-        env,
-        notify,
-        &mut backend,
-        spawn,
-        signals,
-        guest,
-    )
+    let result = async {
+        announce(&plan, delivery, notify);
+        let child = spawn_child(&plan, env, spawn)?;
+        backend.spawned(&plan);
+        let pid = Pid::from_raw(child.id().unwrap_or(0) as i32);
+        let sup = Supervisor::new(plan, env, notify, &mut backend, pid, foreign_relay);
+        sup.supervise(child, signals, guest).await
+    }
     .await;
+    // Whatever happened: what prepare created on disk goes.
     backend.cleanup();
     result
+}
+
+/// The start status (`systemctl status` shows it while the VM comes up) and the plan's
+/// warnings.
+fn announce(plan: &Plan, delivery: &str, notify: &Notifier) {
+    let n = plan.credential_count;
+    let status = format!(
+        "Starting {} with {n} credential{} ({delivery} delivery)",
+        plan.program.to_string_lossy(),
+        if n == 1 { "" } else { "s" },
+    );
+    tracing::info!("{status}");
+    notify.status(&status);
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+}
+
+/// Starts the hypervisor with an explicit environment and only the fds `spawn` names.
+fn spawn_child(
+    plan: &Plan,
+    env: &HostEnv,
+    spawn: Spawn,
+) -> Result<tokio::process::Child, SuperviseError> {
+    let mut cmd = tokio::process::Command::new(&plan.program);
+    cmd.arg0(&plan.argv0)
+        .args(&spawn.args.0)
+        .env_clear()
+        .envs(env.child_vars())
+        .kill_on_drop(true);
+    sys::prepare_child(&mut cmd, spawn.keep_fds, nix::unistd::getpid().as_raw());
+    let spawned = cmd.spawn();
+    // The argv may hold secrets (argv delivery): zeroed now that exec has copied it.
+    drop(spawn.args);
+    drop(cmd);
+    let child = spawned.map_err(|source| SuperviseError::Spawn {
+        program: plan.program.to_string_lossy().into_owned(),
+        source,
+    })?;
+    tracing::info!(
+        "started {} as pid {}",
+        plan.program.to_string_lossy(),
+        child.id().unwrap_or(0)
+    );
+    Ok(child)
+}
+
+/// The guest's next message; pending forever without a relay.
+async fn next_message(inbox: &mut Option<Inbox>) -> GuestMessage {
+    match inbox.as_mut() {
+        Some(g) => g.next().await,
+        None => pending().await,
+    }
 }
 
 /// `--ready guest`: the listener for the guest's notifications. `None` also when another
@@ -175,57 +231,35 @@ struct Supervisor<'a> {
     life: Lifecycle,
     /// After a reset of a guest that was ready: `--ready-timeout` for it to be up again.
     reboot_deadline: Option<Instant>,
+    /// `--ready-timeout` from the start; `None` once passed, or when readiness is not ours.
+    ready_deadline: Option<Instant>,
+    /// A failed hand-over, held back briefly for the hypervisor's exit to explain it better.
+    boot_error: Option<(String, Instant)>,
+    /// systemd's watchdog: a `vmm.ping`/QMP ping every half period, WATCHDOG=1 per answer.
+    watchdog: Option<tokio::time::Interval>,
+    ping_timeout: Duration,
+    ping_fut: Option<Boxed<Result<(), String>>>,
+    ping_failing: bool,
 }
 
 impl<'a> Supervisor<'a> {
-    #[allow(clippy::too_many_arguments)]
-    async fn start(
+    fn new(
         plan: Plan,
-        delivery: &str,
         env: &HostEnv,
         notify: &'a Notifier,
         backend: &'a mut Backend,
-        spawn: crate::hypervisor::Spawn,
-        mut signals: Signals,
-        guest: Option<Relay>,
-    ) -> Result<Outcome, SuperviseError> {
-        let foreign_relay = plan.guest_notify.is_some() && guest.is_none();
-
-        let n = plan.credential_count;
-        let status = format!(
-            "Starting {} with {n} credential{} ({} delivery)",
-            plan.program.to_string_lossy(),
-            if n == 1 { "" } else { "s" },
-            delivery
-        );
-        tracing::info!("{status}");
-        notify.status(&status);
-        for w in &plan.warnings {
-            tracing::warn!("{w}");
-        }
-
-        let mut cmd = tokio::process::Command::new(&plan.program);
-        cmd.arg0(&plan.argv0)
-            .args(&spawn.args.0)
-            .env_clear()
-            .envs(env.child_vars())
-            .kill_on_drop(true);
-        sys::prepare_child(&mut cmd, spawn.keep_fds, nix::unistd::getpid().as_raw());
-        let spawned = cmd.spawn();
-        // The argv may hold secrets (argv delivery): zeroed now that exec has copied it.
-        drop(spawn.args);
-        drop(cmd);
-        let mut child = spawned.map_err(|source| SuperviseError::Spawn {
-            program: plan.program.to_string_lossy().into_owned(),
-            source,
-        })?;
-        let child_pid = Pid::from_raw(child.id().unwrap_or(0) as i32);
-        tracing::info!(
-            "started {} as pid {child_pid}",
-            plan.program.to_string_lossy()
-        );
-        backend.spawned(&plan);
-
+        child_pid: Pid,
+        foreign_relay: bool,
+    ) -> Self {
+        let watchdog_half = env.watchdog_usec().map(|u| Duration::from_micros(u / 2));
+        // The first ping after one period, not at once: QEMU's monitor is connected only after
+        // the QMP greeting, and a ping before it would be logged as a hypervisor that does not
+        // answer. systemd arms the watchdog at start, so the first WATCHDOG=1 at half its
+        // period is still in time.
+        let watchdog = watchdog_half.map(|p| {
+            let p = p.max(Duration::from_millis(1));
+            tokio::time::interval_at(Instant::now() + p, p)
+        });
         let mut sup = Supervisor {
             notify,
             backend,
@@ -242,6 +276,16 @@ impl<'a> Supervisor<'a> {
                 plan.ready_target.clone(),
             ),
             reboot_deadline: None,
+            // With a foreign relay, readiness is not ours to time.
+            ready_deadline: plan
+                .ready_timeout
+                .filter(|_| !foreign_relay)
+                .map(|d| Instant::now() + d),
+            boot_error: None,
+            watchdog,
+            ping_timeout: watchdog_half.unwrap_or(PING_TIMEOUT).min(PING_TIMEOUT),
+            ping_fut: None,
+            ping_failing: false,
             plan,
         };
         if sup.plan.ready == Ready::Spawn {
@@ -252,140 +296,32 @@ impl<'a> Supervisor<'a> {
                 "Hypervisor started, credentials not yet handed over to the VM",
             );
         }
+        sup
+    }
 
-        // With a foreign relay, readiness is not ours to time.
-        let mut ready_deadline = sup
-            .plan
-            .ready_timeout
-            .filter(|_| !foreign_relay)
-            .map(|d| Instant::now() + d);
-        let watchdog_half = env.watchdog_usec().map(|u| Duration::from_micros(u / 2));
-        // The first ping after one period, not at once: QEMU's monitor is connected only after
-        // the QMP greeting, and a ping before it would be logged as a hypervisor that does not
-        // answer. systemd arms the watchdog at start, so the first WATCHDOG=1 at half its
-        // period is still in time.
-        let mut watchdog = watchdog_half.map(|p| {
-            let p = p.max(Duration::from_millis(1));
-            tokio::time::interval_at(Instant::now() + p, p)
-        });
-        let ping_timeout = watchdog_half.unwrap_or(PING_TIMEOUT).min(PING_TIMEOUT);
-        let mut ping_fut: Option<Boxed<Result<(), String>>> = None;
-        let mut ping_failing = false;
-        let mut boot_error: Option<(String, Instant)> = None;
+    /// Until the hypervisor exits: each event to its handler.
+    async fn supervise(
+        mut self,
+        mut child: tokio::process::Child,
+        mut signals: Signals,
+        guest: Option<Relay>,
+    ) -> Result<Outcome, SuperviseError> {
         // Made now that the supervisor's own fds are open: its connection limit counts them.
         let mut guest = guest.map(Inbox::new);
-
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status.map_err(SuperviseError::Wait)?,
-                ev = sup.backend.next() => match ev {
-                    BackendEvent::Booted => sup.on_booted(),
-                    // The secrets are in the hypervisor now; ours are no longer needed.
-                    BackendEvent::Handed => sup.plan.forget_secrets(),
-                    BackendEvent::Reset => {
-                        // A guest can reboot as often as it likes: its resets' log lines
-                        // share the guest's rate limit.
-                        let effects = sup.life.on_reset(Instant::now());
-                        let log = !effects.is_empty() && sup.admit_guest_log();
-                        sup.apply(effects, log);
-                    }
-                    BackendEvent::BootFailed { msg, maybe_exiting } => {
-                        // Before Handed: scrubbing needs the values (#11). The raw text may
-                        // quote them and is zeroed once scrubbed.
-                        let msg = sup.plan.scrub(&Zeroizing::new(msg));
-                        if maybe_exiting {
-                            // A dropped connection usually means the hypervisor is exiting;
-                            // its exit status is the better message, so wait for it briefly.
-                            boot_error = Some((msg, Instant::now() + EXIT_GRACE));
-                        } else {
-                            sup.fail(msg);
-                            sup.escalate_to(Stop::Terminated);
-                        }
-                    }
-                    BackendEvent::VmShutdown => tracing::info!("{}", sup.shutdown_cause()),
-                    BackendEvent::Info(m) => tracing::info!("{}", sup.plan.scrub(&Zeroizing::new(m))),
-                    BackendEvent::Warn(m) => tracing::warn!("{}", sup.plan.scrub(&Zeroizing::new(m))),
-                    BackendEvent::Debug(m) => tracing::debug!("{}", sup.plan.scrub(&Zeroizing::new(m))),
-                },
-                _ = sleep_until(boot_error.as_ref().map(|(_, d)| *d)) => {
-                    if let Some((msg, _)) = boot_error.take() {
-                        sup.fail(msg);
-                        sup.escalate_to(Stop::Terminated);
-                    }
-                },
-                result = maybe(&mut sup.power_fut) => {
-                    sup.power_fut = None;
-                    if let Err(e) = result {
-                        let what = match sup.stop {
-                            Stop::PowerButton => "ACPI power button",
-                            _ => "quit",
-                        };
-                        tracing::warn!("{what} failed ({}); taking the next step", sup.plan.scrub(&e));
-                        let next = match sup.stop {
-                            Stop::PowerButton => sup.after_power_button(),
-                            _ => Stop::Terminated,
-                        };
-                        sup.escalate_to(next);
-                    }
-                },
-                _ = sleep_until(sup.stop_deadline) => {
-                    let next = match sup.stop {
-                        Stop::PowerButton => {
-                            tracing::warn!("the guest did not power off within {:?}", sup.plan.stop_timeout);
-                            sup.after_power_button()
-                        }
-                        Stop::Quit => {
-                            tracing::warn!("QEMU did not quit within {QUIT_WAIT:?}; sending SIGTERM");
-                            Stop::Terminated
-                        }
-                        _ => {
-                            tracing::warn!("the hypervisor did not exit within {KILL_AFTER:?} of SIGTERM; sending SIGKILL");
-                            Stop::Killed
-                        }
-                    };
-                    sup.escalate_to(next);
-                },
-                _ = sleep_until(if sup.ready { None } else { ready_deadline }) => {
-                    ready_deadline = None;
-                    let t = sup.plan.ready_timeout.unwrap_or_default();
-                    let why = sup.life.not_ready_hint().map(|h| format!("; {h}")).unwrap_or_default();
-                    sup.fail(format!("the VM was not ready within {t:?} (--ready-timeout){why}; stopping it"));
-                    sup.request_stop();
-                },
-                _ = sleep_until(sup.reboot_deadline) => {
-                    sup.reboot_deadline = None;
-                    if sup.stop == Stop::Running {
-                        let t = sup.plan.ready_timeout.unwrap_or_default();
-                        sup.fail(format!("the guest was not up again within {t:?} of the VM's reset (--ready-timeout); stopping it"));
-                        sup.request_stop();
-                    }
-                },
-                _ = async { match watchdog.as_mut() { Some(w) => w.tick().await, None => pending().await } } => {
-                    if ping_fut.is_none() {
-                        ping_fut = Some(sup.backend.ping(ping_timeout));
-                    }
-                },
-                result = maybe(&mut ping_fut) => {
-                    ping_fut = None;
-                    match result {
-                        Ok(()) => {
-                            if ping_failing {
-                                tracing::info!("the hypervisor answers again; watchdog resumed");
-                                ping_failing = false;
-                            }
-                            sup.notify.watchdog();
-                        }
-                        Err(e) => if !ping_failing {
-                            ping_failing = true;
-                            tracing::warn!("the hypervisor does not answer ({e}); withholding WATCHDOG=1");
-                        }
-                    }
-                },
-                m = async { match guest.as_mut() { Some(g) => g.next().await, None => pending().await } } => {
-                    sup.on_guest_message(&m);
-                },
-                _ = signals.term.recv() => sup.on_stop_signal("SIGTERM"),
-                _ = signals.int.recv() => sup.on_stop_signal("SIGINT"),
+                ev = self.backend.next() => self.on_backend_event(ev),
+                _ = sleep_until(self.boot_error.as_ref().map(|(_, d)| *d)) => self.on_boot_error_grace_over(),
+                result = maybe(&mut self.power_fut) => self.on_stop_step_failed(result),
+                _ = sleep_until(self.stop_deadline) => self.on_stop_deadline(),
+                _ = sleep_until(if self.ready { None } else { self.ready_deadline }) => self.on_ready_timeout(),
+                _ = sleep_until(self.reboot_deadline) => self.on_reboot_timeout(),
+                _ = tick(&mut self.watchdog) => self.on_watchdog_tick(),
+                result = maybe(&mut self.ping_fut) => self.on_ping(result),
+                m = next_message(&mut guest) => self.on_guest_message(&m),
+                _ = signals.term.recv() => self.on_stop_signal("SIGTERM"),
+                _ = signals.int.recv() => self.on_stop_signal("SIGINT"),
                 _ = signals.chld.recv() => {
                     for pid in sys::reap_strays(child.id()) {
                         tracing::debug!("reaped pid {pid}, a child credbridge inherited but did not start");
@@ -398,7 +334,141 @@ impl<'a> Supervisor<'a> {
         };
         // Dropping the relay removes its socket from disk.
         drop(guest);
-        Ok(sup.finish(status))
+        Ok(self.finish(status))
+    }
+
+    fn on_backend_event(&mut self, ev: BackendEvent) {
+        match ev {
+            BackendEvent::Booted => self.on_booted(),
+            // The secrets are in the hypervisor now; ours are no longer needed.
+            BackendEvent::Handed => self.plan.forget_secrets(),
+            BackendEvent::Reset => {
+                // A guest can reboot as often as it likes: its resets' log lines share the
+                // guest's rate limit.
+                let effects = self.life.on_reset(Instant::now());
+                let log = !effects.is_empty() && self.admit_guest_log();
+                self.apply(effects, log);
+            }
+            BackendEvent::BootFailed { msg, maybe_exiting } => {
+                // Before Handed: scrubbing needs the values (#11). The raw text may quote them
+                // and is zeroed once scrubbed.
+                let msg = self.plan.scrub(&Zeroizing::new(msg));
+                if maybe_exiting {
+                    // A dropped connection usually means the hypervisor is exiting; its exit
+                    // status is the better message, so wait for it briefly.
+                    self.boot_error = Some((msg, Instant::now() + EXIT_GRACE));
+                } else {
+                    self.fail(msg);
+                    self.escalate_to(Stop::Terminated);
+                }
+            }
+            BackendEvent::VmShutdown => tracing::info!("{}", self.shutdown_cause()),
+            BackendEvent::Info(m) => tracing::info!("{}", self.plan.scrub(&Zeroizing::new(m))),
+            BackendEvent::Warn(m) => tracing::warn!("{}", self.plan.scrub(&Zeroizing::new(m))),
+            BackendEvent::Debug(m) => tracing::debug!("{}", self.plan.scrub(&Zeroizing::new(m))),
+        }
+    }
+
+    /// The hypervisor did not exit within the grace: the hand-over's own error stands.
+    fn on_boot_error_grace_over(&mut self) {
+        if let Some((msg, _)) = self.boot_error.take() {
+            self.fail(msg);
+            self.escalate_to(Stop::Terminated);
+        }
+    }
+
+    /// The power button or `quit` request came back; on an error, the next step at once.
+    fn on_stop_step_failed(&mut self, result: Result<(), String>) {
+        self.power_fut = None;
+        if let Err(e) = result {
+            let what = match self.stop {
+                Stop::PowerButton => "ACPI power button",
+                _ => "quit",
+            };
+            tracing::warn!(
+                "{what} failed ({}); taking the next step",
+                self.plan.scrub(&e)
+            );
+            let next = match self.stop {
+                Stop::PowerButton => self.after_power_button(),
+                _ => Stop::Terminated,
+            };
+            self.escalate_to(next);
+        }
+    }
+
+    fn on_stop_deadline(&mut self) {
+        let next = match self.stop {
+            Stop::PowerButton => {
+                tracing::warn!(
+                    "the guest did not power off within {:?}",
+                    self.plan.stop_timeout
+                );
+                self.after_power_button()
+            }
+            Stop::Quit => {
+                tracing::warn!("QEMU did not quit within {QUIT_WAIT:?}; sending SIGTERM");
+                Stop::Terminated
+            }
+            _ => {
+                tracing::warn!(
+                    "the hypervisor did not exit within {KILL_AFTER:?} of SIGTERM; sending SIGKILL"
+                );
+                Stop::Killed
+            }
+        };
+        self.escalate_to(next);
+    }
+
+    fn on_ready_timeout(&mut self) {
+        self.ready_deadline = None;
+        let t = self.plan.ready_timeout.unwrap_or_default();
+        let why = self
+            .life
+            .not_ready_hint()
+            .map(|h| format!("; {h}"))
+            .unwrap_or_default();
+        self.fail(format!(
+            "the VM was not ready within {t:?} (--ready-timeout){why}; stopping it"
+        ));
+        self.request_stop();
+    }
+
+    fn on_reboot_timeout(&mut self) {
+        self.reboot_deadline = None;
+        if self.stop == Stop::Running {
+            let t = self.plan.ready_timeout.unwrap_or_default();
+            self.fail(format!(
+                "the guest was not up again within {t:?} of the VM's reset (--ready-timeout); stopping it"
+            ));
+            self.request_stop();
+        }
+    }
+
+    /// One ping at a time: a hypervisor slower than the period is not pinged twice.
+    fn on_watchdog_tick(&mut self) {
+        if self.ping_fut.is_none() {
+            self.ping_fut = Some(self.backend.ping(self.ping_timeout));
+        }
+    }
+
+    fn on_ping(&mut self, result: Result<(), String>) {
+        self.ping_fut = None;
+        match result {
+            Ok(()) => {
+                if self.ping_failing {
+                    tracing::info!("the hypervisor answers again; watchdog resumed");
+                    self.ping_failing = false;
+                }
+                self.notify.watchdog();
+            }
+            Err(e) => {
+                if !self.ping_failing {
+                    self.ping_failing = true;
+                    tracing::warn!("the hypervisor does not answer ({e}); withholding WATCHDOG=1");
+                }
+            }
+        }
     }
 
     fn become_ready(&mut self, why: &str, status: &str) {
