@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod credentials;
+pub mod exit;
 pub mod fwcfg;
 pub mod guestnotify;
 pub mod hostenv;
@@ -21,7 +22,33 @@ pub mod supervisor;
 pub mod sys;
 pub mod vsock;
 
-/// credbridge's own failures: bad input, nothing could be started, or the start failed
-/// although the hypervisor exited 0. Chosen outside the hypervisor's own codes (0, 1, 2) and
-/// systemd's reserved range, like `env`/`timeout`'s 125.
-pub const EXIT_FAILURE: i32 = 125;
+pub use exit::EXIT_FAILURE;
+
+use anyhow::Context;
+
+use cli::Command;
+use exit::End;
+use hostenv::HostEnv;
+use notify::Notifier;
+
+/// `credbridge render` or `credbridge run`: plan, then report or start and supervise. How
+/// credbridge should end, or its own failure.
+pub fn run(command: &Command, env: &HostEnv, notify: &Notifier) -> anyhow::Result<End> {
+    match command {
+        Command::Render(args) => {
+            let (plan, target) = hypervisor::plan(args, env)?;
+            render::render(&plan, &target, &mut std::io::stdout().lock())
+                .context("writing to stdout")?;
+            Ok(End::Code(0))
+        }
+        Command::Run(args) => {
+            let (plan, target) = hypervisor::plan(args, env)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the event loop")?;
+            let outcome = runtime.block_on(supervisor::run(plan, target, env, notify))?;
+            Ok(exit::after(outcome.failure.is_some(), outcome.end))
+        }
+    }
+}

@@ -8,6 +8,8 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::cli::{Command, LogLevel};
+
 struct Format {
     journal: bool,
 }
@@ -76,4 +78,15 @@ pub fn init(level: Level, journal: bool) {
         .with_writer(std::io::stderr)
         .event_format(Format { journal })
         .try_init();
+}
+
+/// `--log-level` as tracing's level.
+pub fn level(command: &Command) -> Level {
+    let (Command::Run(args) | Command::Render(args)) = command;
+    match args.log_level {
+        LogLevel::Error => Level::ERROR,
+        LogLevel::Warn => Level::WARN,
+        LogLevel::Info => Level::INFO,
+        LogLevel::Debug => Level::DEBUG,
+    }
 }

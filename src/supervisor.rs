@@ -3,7 +3,6 @@
 //! hypervisor lives in `hypervisor`.
 
 use std::future::pending;
-use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -13,6 +12,7 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use crate::cli::Ready;
+use crate::exit::End;
 use crate::guestnotify::{self, Bound, GuestMessage, Inbox, LogLimit, Relay};
 use crate::hostenv::HostEnv;
 use crate::hypervisor::Target;
@@ -53,13 +53,6 @@ pub enum SuperviseError {
     Wait(std::io::Error),
     #[error(transparent)]
     GuestNotify(#[from] guestnotify::GuestNotifyError),
-}
-
-/// How the hypervisor ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    Code(i32),
-    Signal(i32),
 }
 
 #[derive(Debug)]
@@ -706,18 +699,8 @@ impl<'a> Supervisor<'a> {
     }
 
     fn finish(mut self, status: std::process::ExitStatus) -> Outcome {
-        let end = match (status.code(), status.signal()) {
-            (Some(c), _) => End::Code(c),
-            (None, Some(s)) => End::Signal(s),
-            (None, None) => End::Code(1),
-        };
-        let how = match end {
-            End::Code(c) => format!("exit code {c}"),
-            End::Signal(s) => format!(
-                "signal {}",
-                Signal::try_from(s).map(|s| s.as_str()).unwrap_or("?")
-            ),
-        };
+        let end = End::of(status);
+        let how = end.describe();
         let name = self.plan.hypervisor_name();
         // #14: the guest's own word on how it ended, when it gave one.
         let mut ours = end;
