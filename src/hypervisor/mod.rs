@@ -161,7 +161,7 @@ pub enum BackendEvent {
 // One backend exists per run, so boxing the larger variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum Backend {
-    Ch(cloud_hypervisor::backend::ChBackend),
+    CloudHypervisor(cloud_hypervisor::backend::ChBackend),
     Qemu(qemu::backend::QemuBackend),
 }
 
@@ -181,7 +181,7 @@ impl Backend {
         match target {
             Target::CloudHypervisor(ch) => {
                 let (b, spawn) = cloud_hypervisor::backend::ChBackend::prepare(plan, ch, env)?;
-                Ok((Backend::Ch(b), spawn))
+                Ok((Backend::CloudHypervisor(b), spawn))
             }
             Target::Qemu(q) => {
                 let (b, spawn) = qemu::backend::QemuBackend::prepare(plan, q)?;
@@ -193,7 +193,7 @@ impl Backend {
     /// Right after spawn: drops our copies of the child's fds and starts handing over the VM.
     pub fn spawned(&mut self, plan: &Plan) {
         match self {
-            Backend::Ch(b) => b.spawned(plan),
+            Backend::CloudHypervisor(b) => b.spawned(plan),
             Backend::Qemu(b) => b.spawned(plan),
         }
     }
@@ -202,7 +202,7 @@ impl Backend {
     /// Cancel-safe: state lives in the backend, not in the returned future.
     pub async fn next(&mut self) -> BackendEvent {
         match self {
-            Backend::Ch(b) => b.next().await,
+            Backend::CloudHypervisor(b) => b.next().await,
             Backend::Qemu(b) => b.next().await,
         }
     }
@@ -210,7 +210,7 @@ impl Backend {
     /// The ACPI power button; `None` when no guest can hear it (QEMU with `-no-acpi`).
     pub fn power_button(&self) -> Option<Boxed<Result<(), String>>> {
         match self {
-            Backend::Ch(b) => Some(b.power_button()),
+            Backend::CloudHypervisor(b) => Some(b.power_button()),
             Backend::Qemu(b) => b.power_button(),
         }
     }
@@ -218,7 +218,7 @@ impl Backend {
     /// Whether the hypervisor still answers, for the watchdog.
     pub fn ping(&self, timeout: Duration) -> Boxed<Result<(), String>> {
         match self {
-            Backend::Ch(b) => b.ping(timeout),
+            Backend::CloudHypervisor(b) => b.ping(timeout),
             Backend::Qemu(b) => b.ping(timeout),
         }
     }
@@ -231,7 +231,7 @@ impl Backend {
     /// A step between the power button and SIGTERM (QEMU's `quit`), if the hypervisor has one.
     pub fn quit(&self) -> Option<Boxed<Result<(), String>>> {
         match self {
-            Backend::Ch(_) => None,
+            Backend::CloudHypervisor(_) => None,
             Backend::Qemu(b) => Some(b.quit()),
         }
     }
@@ -239,7 +239,7 @@ impl Backend {
     /// Removes what `prepare` created on disk.
     pub fn cleanup(&mut self) {
         match self {
-            Backend::Ch(b) => b.cleanup(),
+            Backend::CloudHypervisor(b) => b.cleanup(),
             Backend::Qemu(b) => b.cleanup(),
         }
     }

@@ -1,5 +1,6 @@
-//! The QEMU backend: its command line ([`args`]) and its QMP monitor ([`qmp`]), and the
-//! SMBIOS limits that QEMU and the guest impose.
+//! QEMU: its command line ([`args`]), how a run is planned ([`plan`]) and driven
+//! ([`backend`]), its QMP monitor ([`qmp`]), and the SMBIOS limits that QEMU and the guest
+//! impose.
 //!
 //! Facts checked with qemu-system-x86_64 7.2 (Debian 12) and systemd 252/257 guests:
 //! - every `-smbios type=11` string, `value=` or `path=`, goes into ONE type 11 entry, in argv
