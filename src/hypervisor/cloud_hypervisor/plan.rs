@@ -96,7 +96,8 @@ fn strip_option(args: &[OsString], opt: &str) -> Vec<OsString> {
 }
 
 impl ChPlan {
-    /// The plans for `credbridge run|render .. -- cloud-hypervisor ARGV`.
+    /// The plans for `credbridge run|render .. -- cloud-hypervisor ARGV`. The checks run in
+    /// this order, which decides which of several mistakes is reported.
     pub fn build(
         args: &RunArgs,
         env: &HostEnv,
@@ -106,13 +107,7 @@ impl ChPlan {
         check_ch_arch(std::env::consts::ARCH)?;
         // The argv is checked before the credentials are read, so a typo in the hypervisor's
         // command line is reported even when the secrets are fine.
-        let parsed = ch::parse_argv(user_args)?;
-        if parsed.mode != Mode::Vm {
-            return Err(ChPlanError::NoVm);
-        }
-        if let Some(config) = &parsed.vm_config {
-            ch::refused_at_create(config)?;
-        }
+        let parsed = parse_vm_argv(user_args)?;
         let delivery = args.delivery;
         let mut warnings = Vec::new();
 
@@ -137,117 +132,27 @@ impl ChPlan {
             return Err(PlanError::VsockUds {
                 path: uds.display().to_string(),
                 why: "applies to QEMU's vhost-user-vsock only; cloud-hypervisor's hybrid socket is its own --vsock socket=",
-            }.into());
+            }
+            .into());
         }
         let (guest_notify, add_vsock) = guest_notify(args, env, &parsed, &mut strings)?;
         if args.vsock_cid.is_some() && add_vsock.is_none() {
             warnings.push("--vsock-cid is ignored: the argv has its own --vsock".into());
         }
 
-        let ceiling =
-            oem::CH_STRINGS_CEILING.saturating_sub(system_strings_len(parsed.vm_config.as_ref()));
-        let limits = Limits {
-            budget: args.smbios_budget,
-            strings_ceiling: ceiling,
-            hypervisor: "cloud-hypervisor",
-        };
-        Plan::check_limits(&[], &limits)?;
-        // Whether this build has fw_cfg is known only from vmm.ping once it runs: the choice
-        // assumes it, and the backend refuses to send any fw_cfg item to a build without it.
-        let support = match delivery {
-            Delivery::Api => crate::fwcfg::Support::Yes { max_items: None },
-            Delivery::Argv => crate::fwcfg::Support::No(
-                "credbridge sends fw_cfg items to cloud-hypervisor only through its API \
-                 (--delivery api)"
-                    .into(),
-            ),
-        };
-        let split = crate::fwcfg::choose(strings, None, &support, args.channel, &limits)?;
-        Plan::check_limits(&split.smbios, &limits)?;
         let crate::fwcfg::Split {
             smbios: strings,
             fw_cfg,
             choices,
-        } = split;
-
+        } = choose_channels(args, &parsed, strings)?;
         if delivery == Delivery::Argv {
-            for s in strings.iter().filter(|s| s.origin == Origin::Flag) {
-                let b = s.expose();
-                let what = if b.iter().any(|c| matches!(c, b',' | b'"' | b'[' | b']')) {
-                    Some("`,`, `\"`, `[` or `]`")
-                } else if b.first().is_some_and(u8::is_ascii_whitespace)
-                    || b.last().is_some_and(u8::is_ascii_whitespace)
-                {
-                    Some("leading or trailing whitespace")
-                } else {
-                    None
-                };
-                if let Some(what) = what {
-                    return Err(ChPlanError::NotArgvSafe {
-                        subject: s.subject(),
-                        what,
-                    });
-                }
-            }
-            warnings.push(
-                "--delivery argv: the credentials' values are on cloud-hypervisor's command line, \
-                 readable by every local user in /proc/PID/cmdline; use --delivery api to avoid it"
-                    .into(),
-            );
-            for &fd in &parsed.inherited_fds {
-                if !crate::sys::fd_is_open(fd) {
-                    return Err(PlanError::FdNotOpen { fd, option: "fd=" }.into());
-                }
-            }
+            check_argv_delivery(&strings, &parsed, &mut warnings)?;
         }
-
-        let create = if delivery == Delivery::Api {
-            if parsed.landlock {
-                return Err(ChPlanError::NotExpressible {
-                    what:
-                        "--landlock (thread sandboxing of the VMM's HTTP, signal and event threads)"
-                            .into(),
-                });
-            }
-            if parsed.restore.is_some() {
-                return Err(ChPlanError::NotExpressible {
-                    what: "--restore".into(),
-                });
-            }
-            if parsed.verbosity > 0 {
-                warnings.push(
-                    "the hypervisor argv has -v: at that level cloud-hypervisor logs the whole VM \
-                     config, OEM strings and therefore credentials included; remove -v"
-                        .into(),
-                );
-            }
-            let mut config = parsed.vm_config.clone().ok_or(ChPlanError::NoVm)?;
-            if let Some((cid, path)) = &add_vsock {
-                config["vsock"] = serde_json::json!({
-                    "pci_segment": 0,
-                    "cid": cid,
-                    "socket": path.to_string_lossy(),
-                });
-            }
-            Some(CreatePlan::split(config)?)
-        } else {
-            None
+        let create = match delivery {
+            Delivery::Api => Some(create_plan(&parsed, &add_vsock, &mut warnings)?),
+            Delivery::Argv => None,
         };
-
-        let api_source = match &parsed.api_socket {
-            Some(SocketArg::Path(p)) => ApiSource::Path(p.clone()),
-            Some(SocketArg::Fd(fd)) => {
-                if !crate::sys::fd_is_open(*fd) {
-                    return Err(PlanError::FdNotOpen {
-                        fd: *fd,
-                        option: "--api-socket",
-                    }
-                    .into());
-                }
-                ApiSource::Fd(*fd)
-            }
-            None => ApiSource::Default,
-        };
+        let api_source = api_source(&parsed)?;
 
         let plan = Plan {
             kind: HypervisorKind::CloudHypervisor,
@@ -395,6 +300,140 @@ impl ChPlan {
             Delivery::Argv => self.argv.inherited_fds.clone(),
         }
     }
+}
+
+/// The argv as cloud-hypervisor would parse and check it, refused unless it describes a VM.
+fn parse_vm_argv(user_args: &[OsString]) -> Result<ChArgv, ChPlanError> {
+    let parsed = ch::parse_argv(user_args)?;
+    if parsed.mode != Mode::Vm {
+        return Err(ChPlanError::NoVm);
+    }
+    if let Some(config) = &parsed.vm_config {
+        ch::refused_at_create(config)?;
+    }
+    Ok(parsed)
+}
+
+/// SMBIOS or fw_cfg for each string, within cloud-hypervisor's limits: its ceiling is lowered
+/// by the argv's own platform strings, which share the table.
+fn choose_channels(
+    args: &RunArgs,
+    parsed: &ChArgv,
+    strings: Vec<OemString>,
+) -> Result<crate::fwcfg::Split, ChPlanError> {
+    let ceiling =
+        oem::CH_STRINGS_CEILING.saturating_sub(system_strings_len(parsed.vm_config.as_ref()));
+    let limits = Limits {
+        budget: args.smbios_budget,
+        strings_ceiling: ceiling,
+        hypervisor: "cloud-hypervisor",
+    };
+    Plan::check_limits(&[], &limits)?;
+    // Whether this build has fw_cfg is known only from vmm.ping once it runs: the choice
+    // assumes it, and the backend refuses to send any fw_cfg item to a build without it.
+    let support = match args.delivery {
+        Delivery::Api => crate::fwcfg::Support::Yes { max_items: None },
+        Delivery::Argv => crate::fwcfg::Support::No(
+            "credbridge sends fw_cfg items to cloud-hypervisor only through its API \
+             (--delivery api)"
+                .into(),
+        ),
+    };
+    let split = crate::fwcfg::choose(strings, None, &support, args.channel, &limits)?;
+    Plan::check_limits(&split.smbios, &limits)?;
+    Ok(split)
+}
+
+/// `--delivery argv`: every `--oem-string` must survive `--platform oem_strings=[...]`'s
+/// grammar, and every fd the argv names must be open, since the child inherits them.
+fn check_argv_delivery(
+    strings: &[OemString],
+    parsed: &ChArgv,
+    warnings: &mut Vec<String>,
+) -> Result<(), ChPlanError> {
+    for s in strings.iter().filter(|s| s.origin == Origin::Flag) {
+        let b = s.expose();
+        let what = if b.iter().any(|c| matches!(c, b',' | b'"' | b'[' | b']')) {
+            Some("`,`, `\"`, `[` or `]`")
+        } else if b.first().is_some_and(u8::is_ascii_whitespace)
+            || b.last().is_some_and(u8::is_ascii_whitespace)
+        {
+            Some("leading or trailing whitespace")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(ChPlanError::NotArgvSafe {
+                subject: s.subject(),
+                what,
+            });
+        }
+    }
+    warnings.push(
+        "--delivery argv: the credentials' values are on cloud-hypervisor's command line, \
+         readable by every local user in /proc/PID/cmdline; use --delivery api to avoid it"
+            .into(),
+    );
+    for &fd in &parsed.inherited_fds {
+        if !crate::sys::fd_is_open(fd) {
+            return Err(PlanError::FdNotOpen { fd, option: "fd=" }.into());
+        }
+    }
+    Ok(())
+}
+
+/// `--delivery api`: what `vm.create` cannot express is refused, and the VM config (with the
+/// vsock device credbridge adds) becomes the request.
+fn create_plan(
+    parsed: &ChArgv,
+    add_vsock: &Option<(u32, PathBuf)>,
+    warnings: &mut Vec<String>,
+) -> Result<CreatePlan, ChPlanError> {
+    if parsed.landlock {
+        return Err(ChPlanError::NotExpressible {
+            what: "--landlock (thread sandboxing of the VMM's HTTP, signal and event threads)"
+                .into(),
+        });
+    }
+    if parsed.restore.is_some() {
+        return Err(ChPlanError::NotExpressible {
+            what: "--restore".into(),
+        });
+    }
+    if parsed.verbosity > 0 {
+        warnings.push(
+            "the hypervisor argv has -v: at that level cloud-hypervisor logs the whole VM \
+             config, OEM strings and therefore credentials included; remove -v"
+                .into(),
+        );
+    }
+    let mut config = parsed.vm_config.clone().ok_or(ChPlanError::NoVm)?;
+    if let Some((cid, path)) = add_vsock {
+        config["vsock"] = serde_json::json!({
+            "pci_segment": 0,
+            "cid": cid,
+            "socket": path.to_string_lossy(),
+        });
+    }
+    CreatePlan::split(config)
+}
+
+/// Where the API socket comes from: the argv's `--api-socket`, else activation or a private one.
+fn api_source(parsed: &ChArgv) -> Result<ApiSource, ChPlanError> {
+    Ok(match &parsed.api_socket {
+        Some(SocketArg::Path(p)) => ApiSource::Path(p.clone()),
+        Some(SocketArg::Fd(fd)) => {
+            if !crate::sys::fd_is_open(*fd) {
+                return Err(PlanError::FdNotOpen {
+                    fd: *fd,
+                    option: "--api-socket",
+                }
+                .into());
+            }
+            ApiSource::Fd(*fd)
+        }
+        None => ApiSource::Default,
+    })
 }
 
 /// `--ready guest` and `--vsock-cid`: the vsock device, the notify port, and the

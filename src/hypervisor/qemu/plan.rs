@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::cli::{Delivery, HypervisorKind, Ready, RunArgs};
 use crate::guestnotify::GuestNotifyPlan;
 use crate::hostenv::HostEnv;
-use crate::oem::OemError;
+use crate::oem::{OemError, OemString};
 use crate::plan::{DEFAULT_NOTIFY_PORT, Plan, PlanError, is_guest_cid};
 
 use super::{QemuArgv, QemuPlanError};
@@ -38,19 +38,7 @@ impl QemuPlan {
             });
         }
         let mut parsed = super::parse_argv(user_args)?;
-        // QEMU's microvm machine has no SMBIOS tables (QEMU 7.2 accepts -smbios for it and
-        // drops it; the guest kernel logs "DMI not present"), but it has fw_cfg.
-        let no_smbios = match (&parsed.machine, super::args::default_machine(program)) {
-            (Some(m), _) if m == "microvm" => Some(format!("-machine {m}")),
-            (None, Some(m)) => {
-                parsed.machine = Some(m.to_owned());
-                Some(format!(
-                    "{m} (the default of {})",
-                    Path::new(program).display()
-                ))
-            }
-            _ => None,
-        };
+        let no_smbios = machine_without_smbios(&mut parsed, program);
         for &fd in &parsed.inherited_fds {
             if !crate::sys::fd_is_open(fd) {
                 return Err(PlanError::FdNotOpen { fd, option: "fd=" }.into());
@@ -61,109 +49,13 @@ impl QemuPlan {
         // A memfd carries any byte but NUL, so UTF-8 values go in the shorter plain form.
         strings.extend(Plan::flag_and_credential_strings(args, env, true)?);
         let mut warnings = Vec::new();
-        let add_vhost_vsock = match (&parsed.vsock, args.vsock_cid) {
-            (Some(_), Some(_)) => {
-                warnings
-                    .push("--vsock-cid is ignored: the argv has its own vhost-vsock device".into());
-                None
-            }
-            (None, Some(cid)) if !is_guest_cid(cid.into()) => {
-                return Err(PlanError::BadCid(cid).into());
-            }
-            (_, cid) => cid,
-        };
-        if let Some(uds) = &args.vsock_uds {
-            let why = if !parsed.vhost_user_vsock {
-                Some(
-                    "the QEMU argv has no -device vhost-user-vsock-pci (or -device) whose backend it belongs to",
-                )
-            } else if parsed.vsock.is_some() || add_vhost_vsock.is_some() {
-                Some(
-                    "the VM has a kernel vhost-vsock device too; a guest uses one vsock device, so give it only one",
-                )
-            } else {
-                None
-            };
-            if let Some(why) = why {
-                return Err(PlanError::VsockUds {
-                    path: uds.display().to_string(),
-                    why,
-                }
-                .into());
-            }
-        }
+        let add_vhost_vsock = added_vhost_vsock(args, &parsed, &mut warnings)?;
+        check_vsock_uds(args, &parsed, add_vhost_vsock)?;
         if args.vsock_uds.is_some() && args.ready.mode != Ready::Guest {
             warnings.push("--vsock-uds is ignored: only --ready guest listens on it".into());
         }
-        let guest_notify = if let Some(uds) = args
-            .vsock_uds
-            .as_ref()
-            .filter(|_| args.ready.mode == Ready::Guest)
-        {
-            // A hybrid vsock like cloud-hypervisor's: the backend's socket is this VM's own,
-            // so ports are per VM and the default port serves.
-            let port = Plan::notify_port(args, &mut strings, Some(DEFAULT_NOTIFY_PORT))?
-                .unwrap_or(DEFAULT_NOTIFY_PORT);
-            let mut listen = uds.clone().into_os_string();
-            listen.push(format!("_{port}"));
-            Some(GuestNotifyPlan::Hybrid {
-                listen_path: listen.into(),
-            })
-        } else if args.ready.mode == Ready::Guest {
-            let cid = match (&parsed.vsock, add_vhost_vsock) {
-                (Some(v), _) => match v.guest_cid {
-                    Some(c) if is_guest_cid(c) => c as u32,
-                    cid => {
-                        return Err(QemuPlanError::QemuVsockCid {
-                            driver: v.driver.clone(),
-                            cid,
-                        });
-                    }
-                },
-                (None, Some(cid)) => cid,
-                (None, None) => {
-                    return Err(QemuPlanError::QemuNoVsock {
-                        vhost_user: parsed.vhost_user_vsock,
-                    });
-                }
-            };
-            // Host ports are one namespace for all VMs: by default the kernel picks a free one.
-            let port = Plan::notify_port(args, &mut strings, None)?;
-            Some(GuestNotifyPlan::Vhost { cid, port })
-        } else {
-            None
-        };
-        let limits = super::limits(args.smbios_budget);
-        Plan::check_limits(&[], &limits)?;
-        // The argv's own -fw_cfg files take slots, and QEMU refuses a name given twice.
-        for name in &parsed.fw_cfg_names {
-            let Some(guest) = name.strip_prefix(crate::fwcfg::NAME_PREFIX) else {
-                continue;
-            };
-            if let Some(s) = strings
-                .iter()
-                .find(|s| s.guest_name.as_deref() == Some(guest))
-            {
-                return Err(OemError::Duplicate {
-                    name: guest.to_owned(),
-                    first: format!("the argv's -fw_cfg name={name}"),
-                    second: s.subject(),
-                }
-                .into());
-            }
-        }
-        let split = crate::fwcfg::choose(
-            strings,
-            no_smbios.as_deref(),
-            &crate::fwcfg::Support::Yes {
-                max_items: Some(
-                    crate::fwcfg::QEMU_ITEMS_MAX.saturating_sub(parsed.fw_cfg_names.len()),
-                ),
-            },
-            args.channel,
-            &limits,
-        )?;
-        Plan::check_limits(&split.smbios, &limits)?;
+        let guest_notify = guest_notify(args, &parsed, add_vhost_vsock, &mut strings)?;
+        let split = choose_channels(args, &parsed, no_smbios, strings)?;
         let plan = Plan {
             kind: HypervisorKind::Qemu,
             program: program.clone(),
@@ -190,6 +82,153 @@ impl QemuPlan {
             },
         ))
     }
+}
+
+/// QEMU's microvm machine has no SMBIOS tables (QEMU 7.2 accepts -smbios for it and drops
+/// it; the guest kernel logs "DMI not present"), but it has fw_cfg. `Some(how it was chosen)`
+/// for such a machine; a build's default machine is written into the parsed argv.
+fn machine_without_smbios(parsed: &mut QemuArgv, program: &OsString) -> Option<String> {
+    match (&parsed.machine, super::args::default_machine(program)) {
+        (Some(m), _) if m == "microvm" => Some(format!("-machine {m}")),
+        (None, Some(m)) => {
+            parsed.machine = Some(m.to_owned());
+            Some(format!(
+                "{m} (the default of {})",
+                Path::new(program).display()
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// `--vsock-cid`: the vhost-vsock device credbridge adds, unless the argv has its own.
+fn added_vhost_vsock(
+    args: &RunArgs,
+    parsed: &QemuArgv,
+    warnings: &mut Vec<String>,
+) -> Result<Option<u32>, QemuPlanError> {
+    Ok(match (&parsed.vsock, args.vsock_cid) {
+        (Some(_), Some(_)) => {
+            warnings.push("--vsock-cid is ignored: the argv has its own vhost-vsock device".into());
+            None
+        }
+        (None, Some(cid)) if !is_guest_cid(cid.into()) => {
+            return Err(PlanError::BadCid(cid).into());
+        }
+        (_, cid) => cid,
+    })
+}
+
+/// `--vsock-uds` names the hybrid socket of the argv's vhost-user-vsock backend, and only
+/// makes sense when that is the VM's one vsock device.
+fn check_vsock_uds(
+    args: &RunArgs,
+    parsed: &QemuArgv,
+    add_vhost_vsock: Option<u32>,
+) -> Result<(), QemuPlanError> {
+    if let Some(uds) = &args.vsock_uds {
+        let why = if !parsed.vhost_user_vsock {
+            Some(
+                "the QEMU argv has no -device vhost-user-vsock-pci (or -device) whose backend it belongs to",
+            )
+        } else if parsed.vsock.is_some() || add_vhost_vsock.is_some() {
+            Some(
+                "the VM has a kernel vhost-vsock device too; a guest uses one vsock device, so give it only one",
+            )
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(PlanError::VsockUds {
+                path: uds.display().to_string(),
+                why,
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// `--ready guest`: where the guest's notifications arrive, and its notify port.
+fn guest_notify(
+    args: &RunArgs,
+    parsed: &QemuArgv,
+    add_vhost_vsock: Option<u32>,
+    strings: &mut Vec<OemString>,
+) -> Result<Option<GuestNotifyPlan>, QemuPlanError> {
+    if args.ready.mode != Ready::Guest {
+        return Ok(None);
+    }
+    if let Some(uds) = &args.vsock_uds {
+        // A hybrid vsock like cloud-hypervisor's: the backend's socket is this VM's own, so
+        // ports are per VM and the default port serves.
+        let port = Plan::notify_port(args, strings, Some(DEFAULT_NOTIFY_PORT))?
+            .unwrap_or(DEFAULT_NOTIFY_PORT);
+        let mut listen = uds.clone().into_os_string();
+        listen.push(format!("_{port}"));
+        return Ok(Some(GuestNotifyPlan::Hybrid {
+            listen_path: listen.into(),
+        }));
+    }
+    let cid = match (&parsed.vsock, add_vhost_vsock) {
+        (Some(v), _) => match v.guest_cid {
+            Some(c) if is_guest_cid(c) => c as u32,
+            cid => {
+                return Err(QemuPlanError::QemuVsockCid {
+                    driver: v.driver.clone(),
+                    cid,
+                });
+            }
+        },
+        (None, Some(cid)) => cid,
+        (None, None) => {
+            return Err(QemuPlanError::QemuNoVsock {
+                vhost_user: parsed.vhost_user_vsock,
+            });
+        }
+    };
+    // Host ports are one namespace for all VMs: by default the kernel picks a free one.
+    let port = Plan::notify_port(args, strings, None)?;
+    Ok(Some(GuestNotifyPlan::Vhost { cid, port }))
+}
+
+/// SMBIOS or fw_cfg for each string, within QEMU's limits and fw_cfg slots.
+fn choose_channels(
+    args: &RunArgs,
+    parsed: &QemuArgv,
+    no_smbios: Option<String>,
+    strings: Vec<OemString>,
+) -> Result<crate::fwcfg::Split, QemuPlanError> {
+    let limits = super::limits(args.smbios_budget);
+    Plan::check_limits(&[], &limits)?;
+    // The argv's own -fw_cfg files take slots, and QEMU refuses a name given twice.
+    for name in &parsed.fw_cfg_names {
+        let Some(guest) = name.strip_prefix(crate::fwcfg::NAME_PREFIX) else {
+            continue;
+        };
+        if let Some(s) = strings
+            .iter()
+            .find(|s| s.guest_name.as_deref() == Some(guest))
+        {
+            return Err(OemError::Duplicate {
+                name: guest.to_owned(),
+                first: format!("the argv's -fw_cfg name={name}"),
+                second: s.subject(),
+            }
+            .into());
+        }
+    }
+    let split = crate::fwcfg::choose(
+        strings,
+        no_smbios.as_deref(),
+        &crate::fwcfg::Support::Yes {
+            max_items: Some(crate::fwcfg::QEMU_ITEMS_MAX.saturating_sub(parsed.fw_cfg_names.len())),
+        },
+        args.channel,
+        &limits,
+    )?;
+    Plan::check_limits(&split.smbios, &limits)?;
+    Ok(split)
 }
 
 impl QemuPlan {
