@@ -72,7 +72,7 @@ fn limits() -> Limits {
     }
 }
 
-/// What `Plan::build` does with loaded credentials: check each name, encode, check limits.
+/// What `hypervisor::plan` does with loaded credentials: check each name, encode, check limits.
 fn encode_and_validate(creds: &[Credential], plain_ok: bool) -> usize {
     for c in creds {
         credentials::validate_name(&c.guest_name).expect("valid name");

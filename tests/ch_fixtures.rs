@@ -1,7 +1,8 @@
 //! Every case of the cloud-hypervisor ground truth (`../shared/fixtures/cloud-hypervisor/
 //! argv-to-vmconfig.jsonl`, produced by CH 54's own argv code) run through
-//! `credbridge::hypervisor::cloud_hypervisor::cmdline::parse_argv`: accepted VMs must give CH's exact `vm.create` JSON, refused
-//! command lines must be refused with an error that names the offending option.
+//! `credbridge::hypervisor::cloud_hypervisor::cmdline::parse_argv`: accepted VMs must give CH's
+//! exact `vm.create` JSON, refused command lines must be refused with an error that names the
+//! offending option.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

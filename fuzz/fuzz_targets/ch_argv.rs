@@ -1,4 +1,5 @@
-//! cloud-hypervisor's option grammar and argv translator (`credbridge::hypervisor::cloud_hypervisor::cmdline`).
+//! cloud-hypervisor's option grammar and argv translator
+//! (`credbridge::hypervisor::cloud_hypervisor::cmdline`).
 //!
 //! Input: the argv tokens after argv[0], separated by NUL bytes (any other bytes, UTF-8 or
 //! not, are token content). The corpus is seeded with every fixture argv

@@ -1,4 +1,5 @@
-//! cloud-hypervisor's event-monitor stream parser (`credbridge::hypervisor::cloud_hypervisor::events::EventParser`).
+//! cloud-hypervisor's event-monitor stream parser
+//! (`credbridge::hypervisor::cloud_hypervisor::events::EventParser`).
 //!
 //! Input: byte 0 is the number of cut points (mod 16), then two bytes per cut point, then the
 //! stream. The stream is fed whole, then in the pieces the cut points make, then (when at most 128 bytes)
