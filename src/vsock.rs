@@ -1,6 +1,9 @@
 //! Host-side AF_VSOCK for QEMU's kernel vhost-vsock device: the listener the guest's systemd
 //! connects to (`vsock-stream:2:PORT`), and the reservation of the guest's CID.
 //!
+//! Neutral rather than in the QEMU wing: it is the host kernel's vsock, not QEMU's, the
+//! neutral guest notify relay listens on it, and crosvm's `--vsock` uses the same device.
+//!
 //! Written on nix rather than tokio-vsock: that crate's `vsock` dependency pulls a second,
 //! older nix. What it would add is small: a socket, its address, and tokio readiness.
 //!
