@@ -373,7 +373,7 @@ let
             cloud-hypervisor: use this, not `microvm.vsock.cid`: with that set,
             microvm.nix starts its own relay for the guest's notifications,
             which needs NotifyAccess=all (and microvm.nix warns when it is
-            unset; see the README).
+            unset; see docs/nixos.md).
 
             QEMU: either works (microvm.nix starts no relay for QEMU). With
             this one credbridge claims the CID on /dev/vhost-vsock before QEMU

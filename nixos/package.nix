@@ -14,7 +14,7 @@ let
   # Exactly what cargo reads: the manifests, the lock file, the sources and the
   # test tree (the workspace lists tests/fake-ch as a member, so it must be
   # present even though it is not built). Nothing else, so that editing the
-  # README, the units or this directory does not rebuild the package.
+  # README, docs/, the units or this directory does not rebuild the package.
   #
   # A filter rather than lib.fileset: lib.fileset needs builtins.readFileType
   # (Nix 2.14), and this file is meant to evaluate on Debian 12's Nix 2.8 too

@@ -9,7 +9,7 @@
 # Runs qemu-system-x86_64 (KVM only if a probe shows it works, else TCG) in the
 # foreground under a timeout, with the serial console in a log file, then prints
 # the report lines found between CREDBRIDGE-E2E-BEGIN and CREDBRIDGE-E2E-END
-# (--full: the whole serial log instead).  Format of the report: README.md.
+# (--full: the whole serial log instead).  Format of the report: tests/e2e/README.md.
 # Exit: 0 report printed; 1 no report (serial tail on stderr); 124 timeout;
 # 130 interrupted (QEMU is stopped first).
 set -euo pipefail

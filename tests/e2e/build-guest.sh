@@ -15,7 +15,7 @@
 #   key          hash of this script + release: a different key means rebuild
 #
 # The guest boots to e2e.target, whose one service prints a report of
-# /run/credentials/@system/ to the serial console (format: see README.md) and
+# /run/credentials/@system/ to the serial console (format: see tests/e2e/README.md) and
 # powers the machine off.  Everything the guest needs is written by this
 # script, so its hash is the cache key.  Downloaded .debs are kept in
 # .cache/debs/<release>/ so that a rebuild after an edit needs no downloads.

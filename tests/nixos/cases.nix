@@ -52,6 +52,19 @@ in
     ];
   };
 
+  # The short example of README.md (check.sh step 6 checks the README shows
+  # this file verbatim).
+  readme-example = {
+    host = import ./example-readme.nix;
+    expect = [
+      ''"failedAssertions":[]''
+      ''"touchedUnits":["myvm"]''
+      ''"warnings":[]''
+      "LoadCredentialEncrypted=api-key:myvm.api-key"
+      "--ready booted --smbios-budget 4096 --stop-timeout 30 --credential api-key --"
+    ];
+  };
+
   # The module leaves the machine to microvm.nix: credbridge reads -M from the
   # argv. So q35 renders exactly as the default `microvm` machine (check.sh
   # runs the wrapper with microvm.nix's argv for both).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/nixos/check.sh [--update]
 #
-# Offline checks of nixos/, flake.nix and the example in README.md,
+# Offline checks of nixos/, flake.nix and the examples in README.md and docs/,
 # without nixpkgs:
 #   1. `nix-instantiate --parse` on every .nix file of the repository.
 #   2. Evaluates nixos/module.nix for tests/nixos/example-host.nix with a stub
@@ -17,8 +17,8 @@
 #      argv for the `microvm` machine and for q35; QEMU with taken-over
 #      microvm.credentialFiles) against a fake credbridge and checks the argv
 #      credbridge would get, quoting included.
-#   6. The example block in README.md is example-host.nix, verbatim,
-#      and every nix block there parses.
+#   6. README.md shows example-readme.nix (a case of cases.nix) and docs/nixos.md
+#      example-host.nix, verbatim; every nix block of README.md and docs/ parses.
 #   7. nixos/package.nix's source filter, on the repository's files.
 #   8. flake.nix's lib.wrapCloudHypervisor and lib.wrapQemu (for VMs built
 #      from a flake), with the stub nixpkgs.
@@ -256,30 +256,45 @@ else
     fail "render the qemu-credential-files case"
 fi
 
-echo "== 6. README.md shows example-host.nix verbatim"
-# The block is the ```nix fence right after the line naming the file.
-block=$(awk '/<!-- begin: tests\/nixos\/example-host.nix -->/{on=1; next}
-             on && /^```nix$/ {inblock=1; next}
-             inblock && /^```$/ {exit}
-             inblock {print}' "$repo/README.md")
-if [[ -n $block ]] && diff <(printf '%s\n' "$block") "$here/example-host.nix"; then
-    echo "ok: README example is tests/nixos/example-host.nix"
-else
-    fail "README.md's example differs from tests/nixos/example-host.nix (or is missing)"
-fi
+echo "== 6. the docs show the examples verbatim, and their nix blocks parse"
+# A line `<!-- begin: FILE -->` in README.md or docs/*.md names the file that
+# the next ```nix fence must show, verbatim. Both examples must be shown.
+docs=("$repo/README.md" "$repo"/docs/*.md)
+shown=()
+for doc in "${docs[@]}"; do
+    while IFS= read -r file; do
+        shown+=("$file")
+        block=$(awk -v m="<!-- begin: $file -->" '$0 == m {on=1; next}
+                     on && /^```nix$/ {inblock=1; next}
+                     inblock && /^```$/ {exit}
+                     inblock {print}' "$doc")
+        if [[ -n $block ]] && diff <(printf '%s\n' "$block") "$repo/$file"; then
+            echo "ok: ${doc#"$repo"/} shows $file"
+        else
+            fail "${doc#"$repo"/}'s example differs from $file (or is missing)"
+        fi
+    done < <(sed -n 's/^<!-- begin: \(.*\) -->$/\1/p' "$doc")
+done
+for want in tests/nixos/example-readme.nix tests/nixos/example-host.nix; do
+    [[ " ${shown[*]} " == *" $want "* ]] || fail "no document shows $want (<!-- begin: $want -->)"
+done
+grep -qxF '<!-- begin: tests/nixos/example-readme.nix -->' "$repo/README.md" ||
+    fail "README.md does not show tests/nixos/example-readme.nix"
 
-# Every other nix block of the README must at least parse.
-n=0
-while IFS= read -r -d '' snippet; do
-    n=$((n + 1))
-    if ! out=$(nix-instantiate --parse - <<<"$snippet" 2>&1 >/dev/null); then
-        printf '%s\n%s\n' "$snippet" "$out"
-        fail "README.md nix block $n does not parse"
-    fi
-done < <(awk '/^ *```nix$/ {on=1; buf=""; next}
-             on && /^ *```$/ {on=0; printf "%s%c", buf, 0; next}
-             on {buf = buf $0 "\n"}' "$repo/README.md")
-echo "ok: $n nix blocks in README.md parse"
+# Every other nix block of the docs must at least parse.
+for doc in "${docs[@]}"; do
+    n=0
+    while IFS= read -r -d '' snippet; do
+        n=$((n + 1))
+        if ! out=$(nix-instantiate --parse - <<<"$snippet" 2>&1 >/dev/null); then
+            printf '%s\n%s\n' "$snippet" "$out"
+            fail "${doc#"$repo"/} nix block $n does not parse"
+        fi
+    done < <(awk '/^ *```nix$/ {on=1; buf=""; next}
+                 on && /^ *```$/ {on=0; printf "%s%c", buf, 0; next}
+                 on {buf = buf $0 "\n"}' "$doc")
+    [[ $n -eq 0 ]] || echo "ok: $n nix blocks in ${doc#"$repo"/} parse"
+done
 
 echo "== 7. nixos/package.nix's source filter"
 # The files cargo needs are in, the repository's other files are out.

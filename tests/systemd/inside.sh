@@ -2,7 +2,7 @@
 # The rig's driver, run inside the guest by rig.service (systemd is PID 1, journald runs).
 # Installs the shipped units the way an operator does, drives them with systemctl,
 # systemd-creds and journalctl, and writes one PASS/FAIL line per verdict.
-# The host (tests/systemd/rig.sh) prints the report; README.md, "Running under systemd".
+# The host (tests/systemd/rig.sh) prints the report; docs/units.md, "Running under systemd".
 # No secret value is ever printed: only names, sizes and hashes.
 set -u
 . /etc/rig.conf # RELEASE NESTED NESTED_TIMEOUT SCORE_MAX
@@ -24,7 +24,7 @@ fail() {
 }
 info() { echo "INFO $*" >>"$REP"; }
 # show NAME CMD...: the command's output on the console as it comes (the host keeps it even
-# when the run times out), for diagnosis and README examples
+# when the run times out), for diagnosis and the examples in docs/units.md
 show() {
     local name=$1 line
     shift
@@ -68,7 +68,7 @@ now() { date +%s.%N | cut -c1-14; }
 say "rig on $(. /etc/os-release; echo "$PRETTY_NAME"), $(systemctl --version | head -1)"
 info "systemd $(systemctl --version | head -1)"
 
-# ------------------------------------------------------------------ setup, as README says
+# ------------------------------------------------------------------ setup, as docs/units.md says
 getent group kvm >/dev/null || groupadd --system kvm
 id credbridge >/dev/null 2>&1 || useradd --system --gid kvm --home-dir /var/lib/credbridge --shell /usr/sbin/nologin credbridge
 id microvm >/dev/null 2>&1 || useradd --system --gid kvm --home-dir /var/lib/microvms --shell /usr/sbin/nologin microvm
@@ -84,11 +84,11 @@ OEM_TXT_B64=$(printf 'io.systemd.credential:api-key=%s' "$SECRET" | base64 -w0)
 systemd-creds setup >/dev/null 2>&1 || true
 # --with-key=host: the rig's root file system is the initramfs (a RAM file system), where
 # systemd-creds' default (auto) refuses the host key ("host key located on temporary file
-# system"); on a host with a disk the README's command, without it, picks the same key.
+# system"); on a host with a disk the command of docs/units.md, without it, picks the same key.
 encrypt() { # NAME-OF-FILE < value
     systemd-creds encrypt --with-key=host --name=api-key - "/etc/credstore.encrypted/$1" 2>/run/creds.err
 }
-# instance NAME [drop-in lines...]: the files README's setup lists, and a drop-in with site values
+# instance NAME [drop-in lines...]: the files the setup of docs/units.md lists, and a drop-in with site values
 instance() {
     local n=$1 d=/var/lib/credbridge/$1
     shift

@@ -10,7 +10,7 @@
 # cloud-hypervisor at /usr/bin/cloud-hypervisor, units/ unmodified, the driver
 # (tests/systemd/inside.sh) as rig.service, and, for the nested release, QEMU with the
 # bookworm guest as a nested VM.  The guest boots to rig.target (sysinit, journald, basic),
-# installs the units the way README says, drives them with systemctl, systemd-creds,
+# installs the units the way docs/units.md says, drives them with systemctl, systemd-creds,
 # journalctl and busctl, prints a verdict per check on its serial console and powers off.
 #
 # Default: both releases (Debian 12 / systemd 252, Debian 13 / systemd 257); check 8 (the
