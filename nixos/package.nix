@@ -5,15 +5,18 @@
 # is source the workspace needs to resolve, not something to ship.
 {
   lib,
+  stdenv,
   rustPlatform,
+  installShellFiles,
 }:
 
 let
   cargoToml = lib.importTOML ../Cargo.toml;
 
-  # Exactly what cargo reads: the manifests, the lock file, the sources and the
-  # test tree (the workspace lists tests/fake-ch as a member, so it must be
-  # present even though it is not built). Nothing else, so that editing the
+  # Exactly what cargo reads: the manifests, the lock file, the sources, the
+  # man page's generator (man/) and the test tree (the workspace lists
+  # tests/fake-ch as a member, so it must be present even though it is not
+  # built). Nothing else, so that editing the
   # README, docs/, the units or this directory does not rebuild the package.
   #
   # A filter rather than lib.fileset: lib.fileset needs builtins.readFileType
@@ -26,7 +29,7 @@ let
       under = dir: rel == dir || lib.hasPrefix "${dir}/" rel;
     in
     builtins.elem rel [ "Cargo.toml" "Cargo.lock" "build.rs" ]
-    || ((under "src" || under "tests" || under "benches")
+    || ((under "src" || under "man" || under "tests" || under "benches")
       # Shell and Nix checks of this repository, not cargo's.
       && !(under "tests/nixos" || under "tests/units")
       # Downloaded guest images of the end-to-end tests (git-ignored).
@@ -44,7 +47,21 @@ rustPlatform.buildRustPackage {
 
   cargoLock.lockFile = ../Cargo.lock;
 
-  cargoBuildFlags = [ "-p" "credbridge" ];
+  # credbridge-man (man/) prints credbridge(1) from the same clap definitions
+  # as `credbridge --help`; it is built beside credbridge, run once below and
+  # not installed.
+  cargoBuildFlags = [ "-p" "credbridge" "-p" "credbridge-man" ];
+
+  nativeBuildInputs = [ installShellFiles ];
+
+  postInstall =
+    lib.optionalString (stdenv.buildPlatform.canExecute stdenv.hostPlatform) ''
+      $out/bin/credbridge-man > credbridge.1
+      installManPage credbridge.1
+    ''
+    + ''
+      rm $out/bin/credbridge-man
+    '';
 
   # Unit tests only (`--lib --bins`). The integration tests in tests/*.rs run
   # the real binary under systemd-socket-activate, encrypt credentials with

@@ -5,7 +5,8 @@
 # fresh Debian 12 machine that has only a Rust toolchain.
 #   - Debian packages the tests run: systemd (systemd-creds,
 #     systemd-socket-activate), qemu-system-x86 (tests/qemu*.rs), util-linux
-#     (setpriv, unshare). As root, missing ones are installed with apt-get;
+#     (setpriv, unshare), groff-base (man/tests: credbridge(1) renders
+#     cleanly). As root, missing ones are installed with apt-get;
 #     otherwise the script names them and the apt-get line, and exits 2
 #     before running anything (never half a run that looks like a pass).
 #   - cargo-nextest: installed with `cargo install cargo-nextest --locked`
@@ -26,6 +27,7 @@ want systemd-socket-activate systemd
 want qemu-system-x86_64 qemu-system-x86
 want setpriv util-linux
 want unshare util-linux
+want groff groff-base
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$dry" = 1 ]; then

@@ -19,7 +19,8 @@
 #      credbridge would get, quoting included.
 #   6. README.md shows example-readme.nix (a case of cases.nix) and docs/nixos.md
 #      example-host.nix, verbatim; every nix block of README.md and docs/ parses.
-#   7. nixos/package.nix's source filter, on the repository's files.
+#   7. nixos/package.nix's source filter, on the repository's files, and its
+#      man page: credbridge-man built, run and credbridge(1) installed.
 #   8. flake.nix's lib.wrapCloudHypervisor and lib.wrapQemu (for VMs built
 #      from a flake), with the stub nixpkgs.
 # With NIXPKGS_LIB=/path/to/nixpkgs/lib (a local copy; nothing is fetched),
@@ -299,10 +300,10 @@ done
 echo "== 7. nixos/package.nix's source filter"
 # The files cargo needs are in, the repository's other files are out.
 git -C "$repo" ls-files -co --exclude-standard | jq -R . | jq -s . >"$work/files.json"
-if included=$(nix_eval "let p = import ./nixos/package.nix { lib = import ./tests/nixos/stub/lib.nix; rustPlatform.buildRustPackage = a: a; }; in builtins.filter p.passthru.included (builtins.fromJSON (builtins.readFile $work/files.json))"); then
-    bad=$(jq -r '.[] | select(test("^(Cargo\\.(toml|lock)|build\\.rs|(src|tests|benches)/.*)$") | not)' <<<"$included")
+if included=$(nix_eval "let p = import ./nixos/package.nix { lib = import ./tests/nixos/stub/lib.nix; inherit (import ./tests/nixos/stub/pkgs.nix { lib = import ./tests/nixos/stub/lib.nix; }) stdenv installShellFiles; rustPlatform.buildRustPackage = a: a; }; in builtins.filter p.passthru.included (builtins.fromJSON (builtins.readFile $work/files.json))"); then
+    bad=$(jq -r '.[] | select(test("^(Cargo\\.(toml|lock)|build\\.rs|(src|man|tests|benches)/.*)$") | not)' <<<"$included")
     bad+=$(jq -r '.[] | select(test("^tests/(nixos|units)/|^tests/e2e/\\.cache/"))' <<<"$included")
-    missing=$(jq -r --argjson in "$included" '.[] | select(test("^(Cargo\\.(toml|lock)|src/.*|tests/fake-ch/.*)$")) | select(. as $f | $in | index($f) | not)' "$work/files.json")
+    missing=$(jq -r --argjson in "$included" '.[] | select(test("^(Cargo\\.(toml|lock)|src/.*|man/.*|tests/fake-ch/.*)$")) | select(. as $f | $in | index($f) | not)' "$work/files.json")
     if [[ -z $bad && -z $missing ]]; then
         echo "ok: source filter keeps $(jq length <<<"$included") of $(jq length "$work/files.json") files"
     else
@@ -320,13 +321,44 @@ for ev in "${evaluators[@]}"; do
         stub) lib_expr='import ./tests/nixos/stub/lib.nix' ;;
         real) lib_expr="import $(realpath "$NIXPKGS_LIB")" ;;
     esac
-    if src=$(nix_eval "let p = import ./nixos/package.nix { lib = $lib_expr; rustPlatform.buildRustPackage = a: a; }; in \"\${p.src}\"" 2>"$work/package.err"); then
+    if src=$(nix_eval "let p = import ./nixos/package.nix { lib = $lib_expr; inherit (import ./tests/nixos/stub/pkgs.nix { lib = import ./tests/nixos/stub/lib.nix; }) stdenv installShellFiles; rustPlatform.buildRustPackage = a: a; }; in \"\${p.src}\"" 2>"$work/package.err"); then
         echo "ok: nixos/package.nix evaluates ($ev lib, Nix $(nix-instantiate --version | awk '{print $NF}')): src $src"
     else
         cat "$work/package.err"
         fail "nixos/package.nix does not evaluate ($ev lib)"
     fi
 done
+
+# The man page: credbridge-man is built beside credbridge, run, and only its
+# output installed (installManPage); on a cross build nothing is run.
+man_expr='let
+  lib = import ./tests/nixos/stub/lib.nix;
+  pkgs = import ./tests/nixos/stub/pkgs.nix { inherit lib; };
+  p = pkgs.callPackage ./nixos/package.nix { };
+  cross = pkgs.callPackage ./nixos/package.nix {
+    stdenv = pkgs.stdenv // { hostPlatform = pkgs.stdenv.hostPlatform // { system = "aarch64-linux"; }; };
+  };
+in {
+  inherit (p.args) cargoBuildFlags postInstall;
+  nativeBuildInputs = map (d: d.name) p.args.nativeBuildInputs;
+  crossPostInstall = cross.args.postInstall;
+}'
+if got=$(nix_eval "$man_expr" 2>"$work/man.err"); then
+    want=$(jq -n '{
+        cargoBuildFlags: ["-p", "credbridge", "-p", "credbridge-man"],
+        nativeBuildInputs: ["install-shell-files"],
+        postInstall: "$out/bin/credbridge-man > credbridge.1\ninstallManPage credbridge.1\nrm $out/bin/credbridge-man\n",
+        crossPostInstall: "rm $out/bin/credbridge-man\n"
+    }')
+    if diff <(jq -S . <<<"$want") <(jq -S . <<<"$got"); then
+        echo "ok: nixos/package.nix installs credbridge(1) from credbridge-man"
+    else
+        fail "nixos/package.nix's man page"
+    fi
+else
+    cat "$work/man.err"
+    fail "evaluate nixos/package.nix's man page steps"
+fi
 
 echo "== 8. flake.nix's lib.wrapCloudHypervisor and lib.wrapQemu"
 flake_expr='let

@@ -53,6 +53,12 @@ let
       qemuArch = "x86_64";
       isLinux = true;
     };
+    # A native build: nixos/package.nix runs the man page's generator it built.
+    stdenv.buildPlatform = {
+      system = "x86_64-linux";
+      canExecute = platform: platform.system == "x86_64-linux";
+    };
+    installShellFiles = mkDrv "install-shell-files" { };
 
     writeShellScript =
       name: text:
