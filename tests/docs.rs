@@ -446,13 +446,25 @@ fn prose(text: &str) -> String {
             continue;
         }
         if !fence {
-            let mut in_code = false;
-            for c in line.chars() {
-                if c == '`' {
-                    in_code = !in_code;
-                } else if !in_code {
-                    out.push(c);
+            // A code span opens with a run of backticks and closes with a run as long.
+            let chars: Vec<char> = line.chars().collect();
+            let mut open: Option<usize> = None;
+            let mut i = 0;
+            while i < chars.len() {
+                if chars[i] == '`' {
+                    let run = chars[i..].iter().take_while(|&&c| c == '`').count();
+                    open = match open {
+                        None => Some(run),
+                        Some(n) if n == run => None,
+                        o => o,
+                    };
+                    i += run;
+                    continue;
                 }
+                if open.is_none() {
+                    out.push(chars[i]);
+                }
+                i += 1;
             }
         }
         out.push('\n');
@@ -587,7 +599,9 @@ fn the_extractors_see_what_they_should() {
     ));
     assert!(!is_excerpt(&["[Socket]".into(), "B=2".into()], unit));
     assert_eq!(
-        link_targets("[a\nb](x.md#y) `[no](z)`\n[c]: d.md\n```\n[e](f)\n```\n"),
-        ["x.md#y", "d.md"]
+        link_targets(
+            "[a\nb](x.md#y) `[no](z)`\n[c]: d.md\n```\n[e](f)\n```\n`` a ` [no](z) `` [g](h)\n"
+        ),
+        ["x.md#y", "h", "d.md"]
     );
 }
