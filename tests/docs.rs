@@ -605,3 +605,57 @@ fn the_extractors_see_what_they_should() {
         ["x.md#y", "h", "d.md"]
     );
 }
+
+/// Paths into this repository's source that the prose names: `src/...rs`, `tests/...rs`,
+/// `tests/...sh`. Other projects' paths (systemd's `src/core/...c`, cloud-hypervisor's
+/// `vmm/src/...rs`) are left out by the extension and by the rule that the path starts a word.
+fn source_paths(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for start in ["src/", "tests/"] {
+        let mut from = 0;
+        while let Some(i) = text[from..].find(start) {
+            let at = from + i;
+            from = at + start.len();
+            let before = text[..at].chars().next_back();
+            if before.is_some_and(|c| c.is_alphanumeric() || "/_-.".contains(c)) {
+                continue;
+            }
+            let path: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || "/_-.".contains(*c))
+                .collect();
+            let path = path.trim_end_matches('.').to_string();
+            // `src/...rs` is how the prose names the pattern itself.
+            if (path.ends_with(".rs") || path.ends_with(".sh")) && !path.contains("...") {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_source_file_the_docs_name_exists() {
+    let mut bad = Vec::new();
+    let mut checked = 0;
+    for doc in documents() {
+        for path in source_paths(&read(&doc)) {
+            checked += 1;
+            if !repo().join(&path).exists() {
+                bad.push(format!(
+                    "{}: names {path}, which does not exist",
+                    doc.display()
+                ));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+    assert!(checked >= 10, "only {checked} source paths found");
+}
+
+#[test]
+fn source_paths_are_this_repositorys_only() {
+    let text = "see src/notify.rs, systemd's src/core/kmod-setup.c and vmm/src/config.rs; \
+                tests/e2e/lib.sh. Any src/...rs.";
+    assert_eq!(source_paths(text), ["src/notify.rs", "tests/e2e/lib.sh"]);
+}
