@@ -103,6 +103,37 @@ impl Drop for ChildArgs {
 }
 
 impl Plan {
+    /// The neutral plan from what a wing's planner settled: the channels it chose, the guest's
+    /// notify channel and its warnings. Both wings fill it in the same way, here once.
+    pub fn assemble(
+        args: &RunArgs,
+        kind: HypervisorKind,
+        program: &OsString,
+        user_args: &[OsString],
+        split: crate::fwcfg::Split,
+        guest_notify: Option<GuestNotifyPlan>,
+        warnings: Vec<String>,
+    ) -> Plan {
+        Plan {
+            kind,
+            program: program.clone(),
+            argv0: args.argv0.clone().unwrap_or_else(|| program.clone()),
+            user_args: user_args.to_vec(),
+            credential_count: split.smbios.iter().filter(|s| s.is_secret()).count()
+                + split.fw_cfg.iter().filter(|i| !i.public).count(),
+            strings: split.smbios,
+            fw_cfg: split.fw_cfg,
+            choices: split.choices,
+            budget: args.smbios_budget,
+            ready: args.ready.mode,
+            ready_target: args.ready.target.clone(),
+            guest_notify,
+            ready_timeout: args.ready_timeout,
+            stop_timeout: args.stop_timeout,
+            warnings,
+        }
+    }
+
     /// `--oem-string`s, then the credentials, encoded for the channel.
     pub fn flag_and_credential_strings(
         args: &RunArgs,

@@ -140,13 +140,9 @@ impl ChPlan {
             warnings.push("--vsock-cid is ignored: the argv has its own --vsock".into());
         }
 
-        let crate::fwcfg::Split {
-            smbios: strings,
-            fw_cfg,
-            choices,
-        } = choose_channels(args, &parsed, strings)?;
+        let split = choose_channels(args, &parsed, strings)?;
         if delivery == Delivery::Argv {
-            check_argv_delivery(&strings, &parsed, &mut warnings)?;
+            check_argv_delivery(&split.smbios, &parsed, &mut warnings)?;
         }
         let create = match delivery {
             Delivery::Api => Some(create_plan(&parsed, &add_vsock, &mut warnings)?),
@@ -154,24 +150,15 @@ impl ChPlan {
         };
         let api_source = api_source(&parsed)?;
 
-        let plan = Plan {
-            kind: HypervisorKind::CloudHypervisor,
-            program: program.clone(),
-            argv0: args.argv0.clone().unwrap_or_else(|| program.clone()),
-            user_args: user_args.to_vec(),
-            credential_count: strings.iter().filter(|s| s.is_secret()).count()
-                + fw_cfg.iter().filter(|i| !i.public).count(),
-            strings,
-            fw_cfg,
-            choices,
-            budget: args.smbios_budget,
-            ready: args.ready.mode,
-            ready_target: args.ready.target.clone(),
+        let plan = Plan::assemble(
+            args,
+            HypervisorKind::CloudHypervisor,
+            program,
+            user_args,
+            split,
             guest_notify,
-            ready_timeout: args.ready_timeout,
-            stop_timeout: args.stop_timeout,
             warnings,
-        };
+        );
         let ch = ChPlan {
             delivery,
             own_event_monitor: parsed.event_monitor.is_none(),

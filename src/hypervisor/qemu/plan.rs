@@ -56,24 +56,15 @@ impl QemuPlan {
         }
         let guest_notify = guest_notify(args, &parsed, add_vhost_vsock, &mut strings)?;
         let split = choose_channels(args, &parsed, no_smbios, strings)?;
-        let plan = Plan {
-            kind: HypervisorKind::Qemu,
-            program: program.clone(),
-            argv0: args.argv0.clone().unwrap_or_else(|| program.clone()),
-            credential_count: split.smbios.iter().filter(|s| s.is_secret()).count()
-                + split.fw_cfg.iter().filter(|i| !i.public).count(),
-            user_args: user_args.to_vec(),
-            strings: split.smbios,
-            fw_cfg: split.fw_cfg,
-            choices: split.choices,
-            budget: args.smbios_budget,
-            ready: args.ready.mode,
-            ready_target: args.ready.target.clone(),
+        let plan = Plan::assemble(
+            args,
+            HypervisorKind::Qemu,
+            program,
+            user_args,
+            split,
             guest_notify,
-            ready_timeout: args.ready_timeout,
-            stop_timeout: args.stop_timeout,
             warnings,
-        };
+        );
         Ok((
             plan,
             QemuPlan {
