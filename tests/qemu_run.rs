@@ -108,7 +108,9 @@ fn the_watchdog_does_not_ping_before_the_monitor_is_connected() {
     signal(&child, Signal::SIGTERM);
     assert_eq!(wait_exit(&mut child, T).code(), Some(0));
     let stderr = stderr_of(&mut child);
-    assert!(!stderr.contains("does not answer"), "{stderr}");
+    // The bug's own words. A ping that times out (1 s here) on a machine loaded by the
+    // parallel test run is a different warning, and not what this test is about.
+    assert!(!stderr.contains("monitor is not connected"), "{stderr}");
 }
 
 #[test]

@@ -169,7 +169,7 @@ fn event_monitor_on_a_pipe() {
     );
     cmd.stdout(Stdio::from(w));
     let mut child = cmd.spawn().unwrap();
-    wait_for("api socket", 10, || api.exists());
+    wait_for_api(&api);
     let fl = OFlag::from_bits_retain(fcntl(&ours, FcntlArg::F_GETFL).unwrap());
     assert!(
         fl.contains(OFlag::O_NONBLOCK),
@@ -267,7 +267,7 @@ fn sighup_is_not_handled() {
     let mut child = fake(&dir, &["--api-socket", api.to_str().unwrap()])
         .spawn()
         .unwrap();
-    wait_for("api socket", 10, || api.exists());
+    wait_for_api(&api);
     signal(&child, Signal::SIGHUP);
     let st = wait_exit(&mut child, 5);
     assert_eq!(st.signal(), Some(1));
@@ -282,7 +282,7 @@ fn sigint_exits_0_and_ignore_sigterm_knob() {
         .env("FAKE_CH_IGNORE_SIGTERM", "1")
         .spawn()
         .unwrap();
-    wait_for("api socket", 10, || api.exists());
+    wait_for_api(&api);
     signal(&child, Signal::SIGTERM);
     std::thread::sleep(Duration::from_millis(200));
     assert!(
@@ -374,7 +374,7 @@ fn add_net_with_scm_rights() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("api socket", 10, || api.exists());
+    wait_for_api(&api);
     let cfg = json!({"payload": {"kernel": "/k"}, "net": [{"id": "net0", "fds": [3, 4]}]});
     assert_eq!(
         http(&api, "PUT", "vm.create", Some(&cfg.to_string())).status,
@@ -461,7 +461,7 @@ fn power_button_poweroff_and_no_shutdown() {
             .spawn()
             .unwrap();
         wait_for("boot", 10, || events_log(&dir).contains("vm:booted"));
-        wait_for("api socket", 10, || api.exists());
+        wait_for_api(&api);
         assert_eq!(http(&api, "PUT", "vm.power-button", None).status, 204);
         if no_shutdown {
             wait_for("vm:shutdown", 5, || {
@@ -620,7 +620,7 @@ fn fault_knobs() {
         .env("FAKE_CH_API_ERROR", "vm.create:400")
         .spawn()
         .unwrap();
-    wait_for("api socket", 10, || api.exists());
+    wait_for_api(&api);
     let r = http(&api, "PUT", "vm.create", Some("{}"));
     assert_eq!(r.status, 400);
     assert_eq!(r.json(), json!(["Error creating VM: fake failure"]));
@@ -657,7 +657,7 @@ fn hang_knobs_never_answer() {
         .env("FAKE_CH_PING_STOP_AFTER_MS", "0")
         .spawn()
         .unwrap();
-    wait_for("api socket", 10, || api.exists());
+    wait_for_api(&api);
     for route in ["vm.boot", "vmm.ping"] {
         let method = if route == "vm.boot" { "PUT" } else { "GET" };
         let mut s = UnixStream::connect(&api).unwrap();

@@ -38,7 +38,7 @@ fn start(fw_cfg_build: bool) -> Fake {
         cmd.env("FAKE_CH_FW_CFG", "1");
     }
     let child = cmd.spawn().unwrap();
-    wait_for("api socket", 10, || api.exists());
+    wait_for_api(&api);
     Fake {
         kernel: kernel.to_str().unwrap().to_owned(),
         dir,

@@ -104,6 +104,12 @@ pub fn wait_for<F: FnMut() -> bool>(what: &str, secs: u64, mut f: F) {
     }
 }
 
+/// Waits until the API socket accepts a connection. Its file appears at `bind`, before
+/// `listen`: a connect in between is refused, as with the real cloud-hypervisor.
+pub fn wait_for_api(api: &Path) {
+    wait_for("api socket", 10, || UnixStream::connect(api).is_ok());
+}
+
 pub fn read_json(p: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
