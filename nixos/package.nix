@@ -16,8 +16,8 @@ let
   # Exactly what cargo reads: the manifests, the lock file, the sources, the
   # man page's generator (man/) and the test tree (the workspace lists
   # tests/fake-ch as a member, so it must be present even though it is not
-  # built). Nothing else, so that editing the
-  # README, docs/, the units or this directory does not rebuild the package.
+  # built). Nothing else, so that editing the README, docs/, the units or this
+  # directory does not rebuild the package.
   #
   # A filter rather than lib.fileset: lib.fileset needs builtins.readFileType
   # (Nix 2.14), and this file is meant to evaluate on Debian 12's Nix 2.8 too
