@@ -16,7 +16,7 @@ use crate::exit::End;
 use crate::guestnotify::{self, Bound, GuestMessage, Inbox, LogLimit, Relay};
 use crate::hostenv::HostEnv;
 use crate::hypervisor::Target;
-use crate::hypervisor::{Backend, BackendEvent, SetupError, Spawn};
+use crate::hypervisor::{Backend, BackendEvent, SetupError, Spawn, StopSoFar};
 use crate::lifecycle::{Effect, Lifecycle, Verdict};
 use crate::notify::Notifier;
 use crate::plan::Plan;
@@ -68,7 +68,7 @@ enum Stop {
     Running,
     /// Power button pressed; the next step at the deadline.
     PowerButton,
-    /// QEMU's `quit` sent; SIGTERM at the deadline.
+    /// The hypervisor's quit step (QEMU's `quit`) sent; SIGTERM at the deadline.
     Quit,
     /// SIGTERM sent; SIGKILL at the deadline.
     Terminated,
@@ -355,7 +355,9 @@ impl<'a> Supervisor<'a> {
                     self.escalate_to(Stop::Terminated);
                 }
             }
-            BackendEvent::VmShutdown => tracing::info!("{}", self.shutdown_cause()),
+            BackendEvent::VmShutdown => {
+                tracing::info!("{}", self.backend.shutdown_cause(self.stop_so_far()))
+            }
             BackendEvent::Info(m) => tracing::info!("{}", self.plan.scrub(&Zeroizing::new(m))),
             BackendEvent::Warn(m) => tracing::warn!("{}", self.plan.scrub(&Zeroizing::new(m))),
             BackendEvent::Debug(m) => tracing::debug!("{}", self.plan.scrub(&Zeroizing::new(m))),
@@ -400,7 +402,10 @@ impl<'a> Supervisor<'a> {
                 self.after_power_button()
             }
             Stop::Quit => {
-                tracing::warn!("QEMU did not quit within {QUIT_WAIT:?}; sending SIGTERM");
+                tracing::warn!(
+                    "{} did not quit within {QUIT_WAIT:?}; sending SIGTERM",
+                    self.plan.hypervisor_name()
+                );
                 Stop::Terminated
             }
             _ => {
@@ -483,20 +488,12 @@ impl<'a> Supervisor<'a> {
         )
     }
 
-    /// What a `vm:shutdown` means. cloud-hypervisor emits it alike for a guest poweroff, a vCPU
-    /// error and our SIGTERM, and exits 0 after each (cloud-hypervisor.md section 5), so only
-    /// what credbridge itself did tells them apart; it is a poweroff only when the guest had
-    /// been asked to power off and nothing harder was tried yet.
-    fn shutdown_cause(&self) -> &'static str {
+    /// How far the stop had gone, in the terms a backend reads a shutdown report by.
+    fn stop_so_far(&self) -> StopSoFar {
         match self.stop {
-            Stop::PowerButton => "the guest powered off (it answered the ACPI power button)",
-            Stop::Running => {
-                "the VM stopped without a stop request: a guest poweroff or a vCPU error \
-                 (cloud-hypervisor reports both alike; its log above says which)"
-            }
-            Stop::Quit | Stop::Terminated | Stop::Killed => {
-                "cloud-hypervisor shut the VM down on our SIGTERM: a hard stop, not a guest poweroff"
-            }
+            Stop::Running => StopSoFar::NotAsked,
+            Stop::PowerButton => StopSoFar::PowerButton,
+            Stop::Quit | Stop::Terminated | Stop::Killed => StopSoFar::Forced,
         }
     }
 
@@ -665,7 +662,7 @@ impl<'a> Supervisor<'a> {
 
     /// The step after the power button: `quit` where the hypervisor has it, else SIGTERM.
     fn after_power_button(&self) -> Stop {
-        if self.backend.has_quit() {
+        if self.backend.quit_step().is_some() {
             Stop::Quit
         } else {
             Stop::Terminated
@@ -677,8 +674,8 @@ impl<'a> Supervisor<'a> {
         match next {
             Stop::Running | Stop::PowerButton => {}
             Stop::Quit => {
-                self.notify
-                    .stopping("Stopping VM: quit through QEMU's monitor");
+                let step = self.backend.quit_step().unwrap_or("quit");
+                self.notify.stopping(&format!("Stopping VM: {step}"));
                 self.power_fut = self.backend.quit();
                 self.stop_deadline = Some(Instant::now() + QUIT_WAIT);
             }

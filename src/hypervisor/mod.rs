@@ -158,6 +158,17 @@ pub enum BackendEvent {
     Debug(String),
 }
 
+/// How far credbridge's own stop had gone when the hypervisor reported a shutdown: where the
+/// report does not say why (cloud-hypervisor's `vm:shutdown`), only this tells a guest
+/// poweroff from a hard stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSoFar {
+    NotAsked,
+    PowerButton,
+    /// The hypervisor's quit step, SIGTERM or SIGKILL.
+    Forced,
+}
+
 // One backend exists per run, so boxing the larger variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum Backend {
@@ -223,9 +234,13 @@ impl Backend {
         }
     }
 
-    /// Whether the hypervisor has a step between the power button and SIGTERM.
-    pub fn has_quit(&self) -> bool {
-        matches!(self, Backend::Qemu(_))
+    /// The step between the power button and SIGTERM, in the words `STATUS=` shows while it
+    /// runs; `None` when the hypervisor has no such step.
+    pub fn quit_step(&self) -> Option<&'static str> {
+        match self {
+            Backend::CloudHypervisor(_) => None,
+            Backend::Qemu(_) => Some(qemu::backend::QUIT_STEP),
+        }
     }
 
     /// A step between the power button and SIGTERM (QEMU's `quit`), if the hypervisor has one.
@@ -233,6 +248,16 @@ impl Backend {
         match self {
             Backend::CloudHypervisor(_) => None,
             Backend::Qemu(b) => Some(b.quit()),
+        }
+    }
+
+    /// What the hypervisor's report that the VM shut down (`BackendEvent::VmShutdown`) means,
+    /// given how far credbridge's own stop had gone.
+    pub fn shutdown_cause(&self, stop: StopSoFar) -> &'static str {
+        match self {
+            Backend::CloudHypervisor(_) => cloud_hypervisor::backend::shutdown_cause(stop),
+            // QEMU reports a shutdown as SHUTDOWN with its cause, and the backend says it.
+            Backend::Qemu(_) => "the VM shut down",
         }
     }
 

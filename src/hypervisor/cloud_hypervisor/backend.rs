@@ -18,7 +18,7 @@ use crate::hostenv::HostEnv;
 use crate::hypervisor::cloud_hypervisor::apiclient::{ApiClient, ApiError};
 use crate::hypervisor::cloud_hypervisor::apisocket::{ApiSocket, ApiSocketError};
 use crate::hypervisor::cloud_hypervisor::events::{Event, EventParser};
-use crate::hypervisor::{BackendEvent, HypervisorError, SetupError, Spawn};
+use crate::hypervisor::{BackendEvent, HypervisorError, SetupError, Spawn, StopSoFar};
 use crate::plan::Plan;
 use crate::select::{Boxed, maybe, sleep_until};
 
@@ -27,6 +27,23 @@ const BOOT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const SHORT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often `vm.info` is polled when the argv keeps its own event monitor.
 const INFO_POLL: Duration = Duration::from_millis(200);
+
+/// What a `vm:shutdown` means. cloud-hypervisor emits it alike for a guest poweroff, a vCPU
+/// error and our SIGTERM, and exits 0 after each (cloud-hypervisor.md section 5), so only
+/// what credbridge itself did tells them apart; it is a poweroff only when the guest had
+/// been asked to power off and nothing harder was tried yet.
+pub fn shutdown_cause(stop: StopSoFar) -> &'static str {
+    match stop {
+        StopSoFar::PowerButton => "the guest powered off (it answered the ACPI power button)",
+        StopSoFar::NotAsked => {
+            "the VM stopped without a stop request: a guest poweroff or a vCPU error \
+             (cloud-hypervisor reports both alike; its log above says which)"
+        }
+        StopSoFar::Forced => {
+            "cloud-hypervisor shut the VM down on our SIGTERM: a hard stop, not a guest poweroff"
+        }
+    }
+}
 
 pub struct ChBackend {
     api: ApiSocket,

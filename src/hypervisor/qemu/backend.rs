@@ -20,6 +20,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 const STATUS_POLL: Duration = Duration::from_millis(100);
 
+/// QEMU's step between the power button and SIGTERM, as `STATUS=` names it.
+pub const QUIT_STEP: &str = "quit through QEMU's monitor";
+
 pub struct QemuBackend {
     /// The child's copies of these are what QEMU reads; ours close right after spawn.
     memfds: Vec<OwnedFd>,
