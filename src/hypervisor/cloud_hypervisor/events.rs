@@ -56,7 +56,10 @@ impl EventParser {
                     consumed += skip_ws + stream.byte_offset();
                     out.push(Ok(ev));
                 }
-                Some(Err(e)) if e.is_eof() => {
+                // A value read up to the last byte we have may go on (`4` then `44e1`), so
+                // an error there is decided only once more bytes come: otherwise how the
+                // stream was cut would change which garbage gets skipped.
+                Some(Err(e)) if e.is_eof() || at_end(&rest[skip_ws..], &e) => {
                     consumed += skip_ws;
                     break;
                 }
@@ -87,6 +90,19 @@ impl EventParser {
         }
         out
     }
+}
+
+/// Whether serde_json's error is at the last byte of `text` (its position is the last byte
+/// it read: 1-based line and column, column 0 being the line's newline).
+fn at_end(text: &[u8], e: &serde_json::Error) -> bool {
+    let mut line_start = 0;
+    for _ in 1..e.line() {
+        match text[line_start..].iter().position(|&b| b == b'\n') {
+            Some(i) => line_start += i + 1,
+            None => return true,
+        }
+    }
+    (line_start + e.column()) >= text.len()
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -123,6 +139,28 @@ mod tests {
         let got = p.push(format!("not json\n\n{BOOTED}").as_bytes());
         assert!(got[0].is_err());
         assert!(got[1].as_ref().unwrap().is("vm", "booted"));
+    }
+
+    /// Found by the events fuzz target: `[` with a blank line inside, then a number at the
+    /// end of a chunk. Fed whole, `444e` is unfinished; fed byte by byte, `4` alone was a
+    /// complete number of the wrong type, so the blank line inside the array was taken as
+    /// the resynchronisation point and one more note came out.
+    #[test]
+    fn a_number_at_the_end_of_a_chunk_waits_for_the_next() {
+        let stream = b"[\n \n\n444e";
+        let whole = EventParser::new().push(stream);
+        let mut p = EventParser::new();
+        let mut bytewise = Vec::new();
+        for b in stream {
+            bytewise.extend(p.push(std::slice::from_ref(b)));
+        }
+        assert_eq!(bytewise, whole);
+        assert!(whole.is_empty(), "{whole:?}");
+        // Once the value is over, the garbage is skipped (blank line by blank line) and the
+        // next event comes through.
+        let got = p.push(format!("1]\n\n{BOOTED}").as_bytes());
+        assert!(got[..got.len() - 1].iter().all(Result::is_err), "{got:?}");
+        assert!(got.last().unwrap().as_ref().unwrap().is("vm", "booted"));
     }
 
     #[test]
