@@ -355,9 +355,7 @@ impl<'a> Supervisor<'a> {
                     self.escalate_to(Stop::Terminated);
                 }
             }
-            BackendEvent::VmShutdown => {
-                tracing::info!("{}", self.backend.shutdown_cause(self.stop_so_far()))
-            }
+            BackendEvent::VmShutdown { cause } => tracing::info!("{}", cause(self.stop_so_far())),
             BackendEvent::Info(m) => tracing::info!("{}", self.plan.scrub(&Zeroizing::new(m))),
             BackendEvent::Warn(m) => tracing::warn!("{}", self.plan.scrub(&Zeroizing::new(m))),
             BackendEvent::Debug(m) => tracing::debug!("{}", self.plan.scrub(&Zeroizing::new(m))),

@@ -152,7 +152,11 @@ pub enum BackendEvent {
     },
     /// cloud-hypervisor's `vm:shutdown`: the VM stopped, for a reason the event does not say
     /// (a guest poweroff, a vCPU error and SIGTERM all emit it; cloud-hypervisor.md section 5).
-    VmShutdown,
+    /// `cause` reads it by how far credbridge's own stop had gone, which only the supervisor
+    /// knows; the words are the hypervisor's wing's.
+    VmShutdown {
+        cause: fn(StopSoFar) -> &'static str,
+    },
     Info(String),
     Warn(String),
     Debug(String),
@@ -248,16 +252,6 @@ impl Backend {
         match self {
             Backend::CloudHypervisor(_) => None,
             Backend::Qemu(b) => Some(b.quit()),
-        }
-    }
-
-    /// What the hypervisor's report that the VM shut down (`BackendEvent::VmShutdown`) means,
-    /// given how far credbridge's own stop had gone.
-    pub fn shutdown_cause(&self, stop: StopSoFar) -> &'static str {
-        match self {
-            Backend::CloudHypervisor(_) => cloud_hypervisor::backend::shutdown_cause(stop),
-            // QEMU reports a shutdown as SHUTDOWN with its cause, and the backend says it.
-            Backend::Qemu(_) => "the VM shut down",
         }
     }
 

@@ -32,7 +32,7 @@ const INFO_POLL: Duration = Duration::from_millis(200);
 /// error and our SIGTERM, and exits 0 after each (cloud-hypervisor.md section 5), so only
 /// what credbridge itself did tells them apart; it is a poweroff only when the guest had
 /// been asked to power off and nothing harder was tried yet.
-pub fn shutdown_cause(stop: StopSoFar) -> &'static str {
+fn shutdown_cause(stop: StopSoFar) -> &'static str {
     match stop {
         StopSoFar::PowerButton => "the guest powered off (it answered the ACPI power button)",
         StopSoFar::NotAsked => {
@@ -277,7 +277,9 @@ fn translate(ev: &Event) -> BackendEvent {
     match (ev.source.as_str(), ev.event.as_str()) {
         ("vm", "booted") => BackendEvent::Booted,
         ("vm", "rebooting") => BackendEvent::Reset,
-        ("vm", "shutdown") => BackendEvent::VmShutdown,
+        ("vm", "shutdown") => BackendEvent::VmShutdown {
+            cause: shutdown_cause,
+        },
         ("guest", "panic") => BackendEvent::Warn("the guest kernel panicked".into()),
         (s, e) => BackendEvent::Debug(format!("event {s}:{e}")),
     }
