@@ -195,6 +195,7 @@ fn trailer() -> Roff {
          CREDENTIALS_DIRECTORY.",
     )]);
     r.control("SH", ["EXIT STATUS"]);
+    let own_failure = credbridge::EXIT_FAILURE.to_string();
     for (status, what) in [
         (
             "the hypervisor's exit code",
@@ -206,7 +207,7 @@ fn trailer() -> Roff {
             "re-raised, so systemd sees the same signal.",
         ),
         (
-            "125",
+            own_failure.as_str(),
             "credbridge's own failure: bad input (credentials, limits, hypervisor argv), nothing \
              could be started, or the start failed; also a VM that ended, or crashed three times \
              in five minutes, without the guest shutting down.",
