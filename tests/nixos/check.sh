@@ -60,6 +60,19 @@ nix_eval() {
     (cd "$repo" && nix-instantiate --readonly-mode --eval --strict --json -E "$1")
 }
 
+# expect_eval WHAT EXPR WANT: EXPR evaluates to the JSON WANT (key order aside).
+expect_eval() {
+    local got
+    if ! got=$(nix_eval "$2" 2>"$work/eval.err"); then
+        cat "$work/eval.err"
+        fail "evaluate $1"
+    elif diff <(jq -S . <<<"$3") <(jq -S . <<<"$got"); then
+        echo "ok: $1"
+    else
+        fail "$1"
+    fi
+}
+
 echo "== 1. nix-instantiate --parse"
 while IFS= read -r -d '' f; do
     if out=$(nix-instantiate --parse "$f" 2>&1 >/dev/null); then
@@ -343,22 +356,13 @@ in {
   nativeBuildInputs = map (d: d.name) p.args.nativeBuildInputs;
   crossPostInstall = cross.args.postInstall;
 }'
-if got=$(nix_eval "$man_expr" 2>"$work/man.err"); then
-    want=$(jq -n '{
+man_want=$(jq -n '{
         cargoBuildFlags: ["-p", "credbridge", "-p", "credbridge-man"],
         nativeBuildInputs: ["install-shell-files"],
         postInstall: "$out/bin/credbridge-man > credbridge.1\ninstallManPage credbridge.1\nrm $out/bin/credbridge-man\n",
         crossPostInstall: "rm $out/bin/credbridge-man\n"
     }')
-    if diff <(jq -S . <<<"$want") <(jq -S . <<<"$got"); then
-        echo "ok: nixos/package.nix installs credbridge(1) from credbridge-man"
-    else
-        fail "nixos/package.nix's man page"
-    fi
-else
-    cat "$work/man.err"
-    fail "evaluate nixos/package.nix's man page steps"
-fi
+expect_eval "nixos/package.nix installs credbridge(1) from credbridge-man" "$man_expr" "$man_want"
 
 echo "== 8. flake.nix's lib.wrapCloudHypervisor and lib.wrapQemu"
 flake_expr='let
@@ -377,8 +381,7 @@ in {
   afterOverrideAttrs = (q.overrideAttrs (oa: { })).passthru.unwrapped.name;
   cloudHypervisor = c.passthru.script.text;
 }'
-if got=$(nix_eval "$flake_expr" 2>"$work/flake.err"); then
-    want=$(jq -n --arg s "$store/00000000000000000000000000000000" '{
+flake_want=$(jq -n --arg s "$store/00000000000000000000000000000000" '{
         qemu: "exec \($s)-credbridge-0.1.0/bin/credbridge run --hypervisor qemu --argv0 microvm@v --ready booted -- \($s)-qemu-host-cpu-only-10.1.0/bin/qemu-system-x86_64 \"$@\"\n",
         qemuBinary: "qemu-system-x86_64",
         qemuBinaryAarch64: "qemu-system-aarch64",
@@ -387,15 +390,7 @@ if got=$(nix_eval "$flake_expr" 2>"$work/flake.err"); then
         afterOverrideAttrs: "qemu-host-cpu-only-10.1.0-overrideAttrs=true",
         cloudHypervisor: "exec \($s)-credbridge-0.1.0/bin/credbridge run --hypervisor cloud-hypervisor --argv0 microvm@c -- \($s)-cloud-hypervisor-48.0/bin/cloud-hypervisor \"$@\"\n"
     }')
-    if diff <(jq -S . <<<"$want") <(jq -S . <<<"$got"); then
-        echo "ok: the flake's wrappers"
-    else
-        fail "flake.nix's lib.wrapCloudHypervisor / lib.wrapQemu"
-    fi
-else
-    cat "$work/flake.err"
-    fail "evaluate flake.nix's lib"
-fi
+expect_eval "flake.nix's lib.wrapCloudHypervisor and lib.wrapQemu" "$flake_expr" "$flake_want"
 
 if [[ $failed -ne 0 ]]; then
     echo "check.sh: $failed check(s) failed"
