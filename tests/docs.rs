@@ -1,4 +1,4 @@
-//! The examples in README.md and docs/*.md against what the code accepts (#12). Three checks:
+//! The examples in README.md and docs/*.md against what the code accepts (#12). Four checks:
 //!
 //! 1. Command lines. Every `credbridge` invocation in a fenced block parses with the real
 //!    command line (`credbridge::cli::Cli::try_parse_from`): in ```sh, ```console, ```bash and
@@ -20,6 +20,7 @@
 //!    tests/units/verify.sh does for units/. A block without a marker fails.
 //! 3. Links. Every relative link of README.md and docs/*.md names a file or directory that
 //!    exists, and every `#anchor` a heading of the linked Markdown file (GitHub's slugs).
+//! 4. Source files. Every `src/...rs`, `tests/...rs` or `tests/...sh` the prose names exists.
 //!
 //! The NixOS examples are checked by tests/nixos/check.sh (step 6).
 
@@ -48,6 +49,16 @@ fn documents() -> Vec<PathBuf> {
 
 fn read(rel: &Path) -> String {
     std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{}: {e}", rel.display()))
+}
+
+/// Every problem a check found, and a floor under how many things it checked: fewer means
+/// the extraction, not the docs, went wrong.
+fn assert_clean(bad: &[String], checked: usize, at_least: usize, what: &str) {
+    assert!(bad.is_empty(), "{what} that fail:\n{}", bad.join("\n\n"));
+    assert!(
+        checked >= at_least,
+        "only {checked} {what} found, expected at least {at_least}"
+    );
 }
 
 struct Block {
@@ -288,14 +299,9 @@ fn every_credbridge_command_line_in_the_docs_parses() {
     for f in &found {
         eprintln!("checked {}: {}", f.place, f.argv.join(" "));
     }
-    assert!(
-        bad.is_empty(),
-        "command lines the CLI refuses:\n{}",
-        bad.join("\n")
-    );
     // The extraction itself: the README's unit, docs/units.md's ExecStart, docs/cli.md's
     // render examples at least.
-    assert!(found.len() >= 4, "only {} command lines found", found.len());
+    assert_clean(&bad, found.len(), 4, "command lines");
 }
 
 /// The lines of `file` that are neither comments nor blank.
@@ -395,8 +401,7 @@ fn every_unit_example_is_an_excerpt_of_units_or_verifies() {
             }
         }
     }
-    assert!(bad.is_empty(), "{}", bad.join("\n\n"));
-    assert!(seen >= 2, "only {seen} ini blocks found");
+    assert_clean(&bad, seen, 2, "ini blocks");
 }
 
 /// GitHub's anchor for a heading: lower case, punctuation dropped, spaces as `-`.
@@ -534,8 +539,7 @@ fn every_relative_link_and_anchor_resolves() {
             }
         }
     }
-    assert!(bad.is_empty(), "{}", bad.join("\n"));
-    assert!(checked >= 20, "only {checked} relative links found");
+    assert_clean(&bad, checked, 20, "relative links");
 }
 
 #[test]
@@ -649,8 +653,7 @@ fn every_source_file_the_docs_name_exists() {
             }
         }
     }
-    assert!(bad.is_empty(), "{}", bad.join("\n"));
-    assert!(checked >= 10, "only {checked} source paths found");
+    assert_clean(&bad, checked, 10, "source paths");
 }
 
 #[test]
