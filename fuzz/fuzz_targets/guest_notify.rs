@@ -5,8 +5,9 @@
 //!
 //! Checked:
 //! - `parse` never panics, on any bytes;
-//! - the text it passes on (STATUS, ERRNO and the X_SYSTEMD_* names) has no control characters
-//!   and at most 200 characters;
+//! - the free text it passes on (STATUS, ERRNO) has no control characters and at most 200
+//!   characters; the X_SYSTEMD_* values pass systemd's rule for them (a unit name may be up to
+//!   255 bytes, as systemd's UNIT_NAME_MAX allows) and have no control characters;
 //! - it is line by line, as sd_notify(3) is: `a` and `b` joined by a newline read as `a` then
 //!   `b` (flags add up, the later value of a field wins), however the bytes are cut;
 //! - `port_of` never panics and reads back the port it finds.
@@ -16,19 +17,30 @@ use credbridge::guestnotify::{self, GuestMessage};
 use libfuzzer_sys::fuzz_target;
 
 fn check_fields(m: &GuestMessage) {
-    let texts = [
-        &m.status,
-        &m.errno,
-        &m.hostname,
-        &m.machine_id,
-        &m.unit_active,
-        &m.unit_inactive,
-    ];
-    for v in texts.into_iter().flatten() {
+    // Free text is sanitized and cut (docs/readiness.md: "cut at 200 characters").
+    for v in [&m.status, &m.errno].into_iter().flatten() {
         assert!(v.chars().count() <= 200, "{} characters", v.chars().count());
         assert!(
             !v.chars().any(char::is_control),
             "control character in {v:?}"
+        );
+    }
+    // The X_SYSTEMD_* values are kept only when they pass systemd's own rule, which bounds
+    // them (64, 32 and below 256 bytes) and allows no control character.
+    if let Some(h) = &m.hostname {
+        assert!(guestnotify::hostname_is_valid(h) && h.len() <= 64, "{h:?}");
+    }
+    if let Some(id) = &m.machine_id {
+        assert!(
+            guestnotify::machine_id_is_valid(id) && id.len() == 32,
+            "{id:?}"
+        );
+    }
+    for u in [&m.unit_active, &m.unit_inactive].into_iter().flatten() {
+        assert!(guestnotify::unit_name_is_valid(u) && u.len() < 256, "{u:?}");
+        assert!(
+            !u.chars().any(char::is_control),
+            "control character in {u:?}"
         );
     }
 }
