@@ -38,15 +38,7 @@ CREDBRIDGE="$(realpath "$CREDBRIDGE")"
 VDV="${VHOST_DEVICE_VSOCK:-$(command -v vhost-device-vsock || true)}"
 [ -n "$VDV" ] && [ -x "$VDV" ] || e2e_die "vhost-device-vsock is not installed; cargo install vhost-device-vsock --locked"
 
-need=()
-command -v socat >/dev/null || need+=(socat)
-[ -x /bin/busybox ] || need+=(busybox-static)
-command -v python3 >/dev/null || need+=(python3-minimal)
-command -v cpio >/dev/null || need+=(cpio)
-command -v xz >/dev/null || need+=(xz-utils)
-if [ ${#need[@]} -gt 0 ]; then
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+e2e_need socat=socat /bin/busybox=busybox-static python3=python3-minimal cpio=cpio xz=xz-utils
 for r in trixie bookworm; do
     e2e_guest_ready "$r" || bash "$E2E_DIR/build-guest.sh" --release "$r" >&2
 done

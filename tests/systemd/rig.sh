@@ -19,7 +19,8 @@
 # --keep DIR keeps each release's serial log there.  --fail-fast (for debugging) stops the
 # guest at the first FAIL and prints the end of its journal.
 # Prints PASS/FAIL lines, then "N passed, N failed" and the wall time; exits 1 on any failure.
-# Needs root the first time (build-guest.sh's debootstrap).  Run it under
+# Needs root the first time (build-guest.sh's debootstrap, and apt-get for QEMU, cpio,
+# binutils when missing).  Run it under
 # `flock /tmp/qemu-guests.lock` on a shared machine.
 set -uo pipefail
 export E2E_PROG=systemd-rig
@@ -63,7 +64,7 @@ CREDBRIDGE="${CREDBRIDGE:-$TARGET/credbridge}"
 FAKE_CH="${FAKE_CH:-$TARGET/fake-cloud-hypervisor}"
 [ -x "$CREDBRIDGE" ] || e2e_die "no credbridge binary at $CREDBRIDGE"
 [ -x "$FAKE_CH" ] || e2e_die "no fake cloud-hypervisor binary at $FAKE_CH"
-for t in qemu-system-x86_64 cpio strip ldd; do command -v "$t" >/dev/null || e2e_die "$t is not installed"; done
+e2e_need qemu-system-x86_64=qemu-system-x86 cpio=cpio strip=binutils ldd=libc-bin
 
 W="$(mktemp -d "${TMPDIR:-/tmp}/systemd-rig.XXXXXX")"
 L1_PID=""
