@@ -19,31 +19,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 dry=0
 if [ "${1:-}" = --dry-run ]; then dry=1; shift; fi
 
-# command -> Debian package
-need_apt=()
-want() { command -v "$1" >/dev/null 2>&1 || case " ${need_apt[*]} " in *" $2 "*) ;; *) need_apt+=("$2") ;; esac; }
-want systemd-creds systemd
-want systemd-socket-activate systemd
-want qemu-system-x86_64 qemu-system-x86
-want setpriv util-linux
-want unshare util-linux
-want groff groff-base
-
-if [ ${#need_apt[@]} -gt 0 ]; then
-    if [ "$dry" = 1 ]; then
-        echo "tests/run.sh: would install: ${need_apt[*]} (apt-get)"
-    elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "tests/run.sh: installing ${need_apt[*]} (apt-get)" >&2
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get -o DPkg::Lock::Timeout=600 update -qq
-        apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-    else
-        echo "tests/run.sh: the tests need these Debian packages: ${need_apt[*]}" >&2
-        echo "  install them as root:  apt-get install --no-install-recommends ${need_apt[*]}" >&2
-        echo "  (or run this script as root, which installs them)" >&2
-        exit 2
-    fi
-fi
+# shellcheck source=tests/host-tools.sh
+. tests/host-tools.sh
+NEED_DRY_RUN=$dry need_packages tests/run.sh systemd-creds=systemd systemd-socket-activate=systemd \
+    qemu-system-x86_64=qemu-system-x86 setpriv=util-linux unshare=util-linux groff=groff-base || exit
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     if [ "$dry" = 1 ]; then

@@ -38,7 +38,7 @@ CREDBRIDGE="$(realpath "$CREDBRIDGE")"
 VDV="${VHOST_DEVICE_VSOCK:-$(command -v vhost-device-vsock || true)}"
 [ -n "$VDV" ] && [ -x "$VDV" ] || e2e_die "vhost-device-vsock is not installed; cargo install vhost-device-vsock --locked"
 
-e2e_need socat=socat /bin/busybox=busybox-static python3=python3-minimal cpio=cpio xz=xz-utils
+need_packages "$E2E_PROG" socat=socat busybox-static python3=python3-minimal cpio=cpio xz=xz-utils || exit
 for r in trixie bookworm; do
     e2e_guest_ready "$r" || bash "$E2E_DIR/build-guest.sh" --release "$r" >&2
 done

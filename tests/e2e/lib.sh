@@ -5,30 +5,11 @@
 E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 E2E_CACHE="$E2E_DIR/.cache"
 E2E_APPEND_DEFAULT="console=ttyS0 panic=-1 quiet"
+# need_packages: the host packages each script installs when missing.
+# shellcheck source=tests/host-tools.sh
+. "$E2E_DIR/../host-tools.sh"
 
 e2e_die() { echo "${E2E_PROG:-e2e}: $*" >&2; exit 1; }
-
-# e2e_need CMD=PACKAGE...: installs, with apt-get, the package of each CMD that
-# is missing (a CMD starting with / is a file that must exist), so every script
-# runs on a bare Debian 12 machine as CI's is.  Dies with the packages to
-# install when it cannot.
-e2e_need() {
-    local pkgs=() pair cmd pkg
-    for pair in "$@"; do
-        cmd="${pair%%=*}" pkg="${pair#*=}"
-        case "$cmd" in
-            /*) [ -e "$cmd" ] && continue ;;
-            *) command -v "$cmd" >/dev/null && continue ;;
-        esac
-        case " ${pkgs[*]} " in *" $pkg "*) ;; *) pkgs+=("$pkg") ;; esac
-    done
-    [ ${#pkgs[@]} -gt 0 ] || return 0
-    [ "$(id -u)" = 0 ] || e2e_die "missing tools; as root: apt-get install --no-install-recommends ${pkgs[*]}"
-    echo "# installing host tools: ${pkgs[*]}" >&2
-    apt-get -o DPkg::Lock::Timeout=600 update -qq || e2e_die "apt-get update failed"
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
-        --no-install-recommends "${pkgs[@]}" >/dev/null || e2e_die "apt-get install ${pkgs[*]} failed"
-}
 
 e2e_check_release() {
     case "$1" in

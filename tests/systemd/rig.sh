@@ -64,7 +64,7 @@ CREDBRIDGE="${CREDBRIDGE:-$TARGET/credbridge}"
 FAKE_CH="${FAKE_CH:-$TARGET/fake-cloud-hypervisor}"
 [ -x "$CREDBRIDGE" ] || e2e_die "no credbridge binary at $CREDBRIDGE"
 [ -x "$FAKE_CH" ] || e2e_die "no fake cloud-hypervisor binary at $FAKE_CH"
-e2e_need qemu-system-x86_64=qemu-system-x86 cpio=cpio strip=binutils ldd=libc-bin
+need_packages "$E2E_PROG" qemu-system-x86_64=qemu-system-x86 cpio=cpio strip=binutils ldd=libc-bin || exit
 
 W="$(mktemp -d "${TMPDIR:-/tmp}/systemd-rig.XXXXXX")"
 L1_PID=""
