@@ -61,19 +61,11 @@ fi
 
 # ---------------------------------------------------------------- host tools
 export DEBIAN_FRONTEND=noninteractive
-APT_LOCK=(-o DPkg::Lock::Timeout=600)
-need=()
-command -v debootstrap >/dev/null || need+=(debootstrap)
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
-command -v cpio >/dev/null || need+=(cpio)
-command -v dpkg-deb >/dev/null || need+=(dpkg)
-PATH="$PATH:/usr/sbin:/sbin" command -v depmod >/dev/null || need+=(kmod)
-[ -s /usr/share/keyrings/debian-archive-trixie-stable.gpg ] || need+=(debian-archive-keyring)
-if [ ${#need[@]} -gt 0 ]; then
-    log "installing host tools: ${need[*]}"
-    apt-get "${APT_LOCK[@]}" update -qq
-    apt-get "${APT_LOCK[@]}" install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+# shellcheck source=tests/host-tools.sh
+. "$HERE/../host-tools.sh"
+need_packages "build-guest[$RELEASE]" debootstrap=debootstrap qemu-system-x86_64=qemu-system-x86 \
+    cpio=cpio dpkg-deb=dpkg /usr/sbin/depmod=kmod \
+    /usr/share/keyrings/debian-archive-trixie-stable.gpg=debian-archive-keyring
 
 # ---------------------------------------------------------------- mirror
 # The Debian mirror this machine's apt already uses (deb822 or one-line form).

@@ -47,9 +47,8 @@ done
 [ ${#RELEASES[@]} -gt 0 ] || RELEASES=(bookworm trixie)
 for r in "${RELEASES[@]}"; do e2e_check_release "$r"; done
 case "$RUNNER" in credbridge|plain) ;; *) e2e_die "--runner credbridge|plain" ;; esac
-for t in qemu-system-x86_64 systemd-creds python3 sha256sum perl; do
-    command -v "$t" >/dev/null || e2e_die "$t is not installed"
-done
+need_packages "$E2E_PROG" qemu-system-x86_64=qemu-system-x86 systemd-creds=systemd \
+    python3=python3-minimal sha256sum=coreutils perl=perl-base || exit
 
 ROOT_DIR="$(cd "$E2E_DIR/../.." && pwd)"
 if [ "$RUNNER" = credbridge ] && [ -z "$CREDBRIDGE" ]; then

@@ -32,9 +32,7 @@ while [ $# -gt 0 ]; do
         *) e2e_die "unknown argument: $1" ;;
     esac
 done
-for t in qemu-system-x86_64 sha256sum perl; do
-    command -v "$t" >/dev/null || e2e_die "$t is not installed"
-done
+need_packages "$E2E_PROG" qemu-system-x86_64=qemu-system-x86 sha256sum=coreutils perl=perl-base || exit
 ROOT_DIR="$(cd "$E2E_DIR/../.." && pwd)"
 if [ -z "$CREDBRIDGE" ]; then
     (cd "$ROOT_DIR" && cargo build --quiet --bin credbridge) || e2e_die "cargo build failed"

@@ -81,20 +81,8 @@ fi
 # busybox-static: L1 and L2 have no libc of their own for busybox.  socat: the
 # notify receiver and the loopback client in L1, the vsock client in L2
 # (bookworm's has VSOCK-CONNECT).  The rest is copied from this host as well.
-export DEBIAN_FRONTEND=noninteractive
-need=()
-dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
-command -v socat >/dev/null || need+=(socat)
-command -v cpio >/dev/null || need+=(cpio)
-command -v dpkg-deb >/dev/null || need+=(dpkg)
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
-if [ ${#need[@]} -gt 0 ]; then
-    note "installing host tools: ${need[*]}"
-    apt-get -o DPkg::Lock::Timeout=600 update -qq || e2e_die "apt-get update failed"
-    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
-        || e2e_die "apt-get install ${need[*]} failed"
-fi
-for t in ldd cpio dpkg-deb tar sha256sum; do command -v "$t" >/dev/null || e2e_die "$t is not installed"; done
+need_packages "$E2E_PROG" busybox-static socat=socat cpio=cpio dpkg-deb=dpkg \
+    qemu-system-x86_64=qemu-system-x86 ldd=libc-bin tar=tar sha256sum=coreutils || exit
 QEMU_BIN="$(command -v qemu-system-x86_64)"
 SOCAT_BIN="$(command -v socat)"
 BUSYBOX=/bin/busybox
